@@ -1,0 +1,194 @@
+"""The one exception hierarchy of cms-sync.
+
+```
+CmsSyncError
+├── ConfigError                  bad settings or media mapping (exit 2)
+├── TransportError               no usable HTTP response; the request may have been sent
+│   ├── ConnectError             the request was never sent (connect refused/timed out, pool full)
+│   └── ResponseTimeout          sent, but no answer in time
+├── RemoteError                  the service answered with something we cannot use
+│   ├── RejectedError            4xx (not 429): retrying the same request will not help
+│   │   ├── AuthenticationError  401/403
+│   │   └── RevisionConflict     409 documentRevisionIDDoesNotMatchError (refetch and replan)
+│   ├── UnavailableError         429 or 5xx: overloaded or broken, try later
+│   │   └── RateLimited          429
+│   └── InvalidResponse          2xx whose body is not what the API promises
+└── SyncError                    a problem with the document itself
+    ├── DocumentNotFound         no published document with that id
+    ├── UnmappedType             the document's type is not in the media mapping
+    └── SlotBlocked              a media slot that cannot be synced as it is (asset host not
+                                 allow-listed, array item without _key, asset without URL)
+```
+
+Third-party errors (httpx, pydantic) are translated at the client boundary with
+``raise ... from exc``; retry and dead-letter decisions are made from these types.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+
+_EXCERPT_LIMIT = 300
+_WHITESPACE = re.compile(r"\s+")
+
+
+def excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
+    """Collapse a response body into one short line for messages and logs."""
+    flat = _WHITESPACE.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``retry-after`` header (delta-seconds or HTTP-date)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds < 0:  # NaN or in the past
+        return 0.0
+    return seconds
+
+
+class CmsSyncError(Exception):
+    """Base of every error cms-sync raises on purpose."""
+
+
+class ConfigError(CmsSyncError):
+    """A setting or the media mapping is missing or invalid."""
+
+
+class TransportError(CmsSyncError):
+    """No usable HTTP response arrived; the request may or may not have been processed."""
+
+    #: Whether the request may have reached the server (a store must not be retried then).
+    maybe_sent = True
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+
+
+class ConnectError(TransportError):
+    """The request was never sent: connecting failed or timed out, or no connection was free."""
+
+    maybe_sent = False
+
+
+class ResponseTimeout(TransportError):
+    """The request was sent but no complete answer came in time."""
+
+
+class RemoteError(CmsSyncError):
+    """The remote service answered with a status or body we cannot use."""
+
+    def __init__(
+        self,
+        service: str,
+        status: int,
+        message: str,
+        *,
+        body: str = "",
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.status = status
+        self.body = excerpt(body)
+        self.error_type = error_type
+        self.retry_after = retry_after
+
+
+class RejectedError(RemoteError):
+    """A 4xx other than 429: the same request will be rejected again."""
+
+
+class AuthenticationError(RejectedError):
+    """401 or 403: the credentials are missing, wrong or lack a permission."""
+
+
+class RevisionConflict(RejectedError):
+    """409: the document changed since we read it (``ifRevisionID`` did not match)."""
+
+
+class UnavailableError(RemoteError):
+    """429 or 5xx: the service is overloaded or broken; the request may succeed later."""
+
+
+class RateLimited(UnavailableError):
+    """429: over the rate limit."""
+
+
+class InvalidResponse(RemoteError):
+    """A 2xx whose body is not what the API promises (not JSON, or a field missing)."""
+
+
+class SyncError(CmsSyncError):
+    """A problem with the document being synced rather than with a service."""
+
+
+class DocumentNotFound(SyncError):
+    def __init__(self, document_id: str) -> None:
+        super().__init__(f"no published document with id {document_id!r}")
+        self.document_id = document_id
+
+
+class UnmappedType(SyncError):
+    def __init__(self, document_id: str, doc_type: str, known: list[str]) -> None:
+        super().__init__(
+            f"document {document_id!r} has type {doc_type!r}; "
+            f"the media mapping lists {', '.join(sorted(known)) or 'no types'}"
+        )
+        self.document_id = document_id
+        self.doc_type = doc_type
+
+
+class SlotBlocked(SyncError):
+    def __init__(self, slot: str, reason: str) -> None:
+        super().__init__(f"{slot}: {reason}")
+        self.slot = slot
+        self.reason = reason
+
+
+def status_error(
+    service: str,
+    status: int,
+    reason: str,
+    *,
+    body: str,
+    error_type: str | None,
+    description: str | None,
+    headers: Mapping[str, str],
+) -> RemoteError:
+    """Build the right :class:`RemoteError` subclass for a non-2xx answer.
+
+    ``error_type`` is the most specific type the body names (for a Sanity mutation error,
+    the first item's type, e.g. ``documentRevisionIDDoesNotMatchError``).
+    """
+    detail = description or excerpt(body)
+    message = f"HTTP {status} {reason}".rstrip() + (f": {detail}" if detail else "")
+    cls: type[RemoteError]
+    if status == 429:
+        cls = RateLimited
+    elif status >= 500:
+        cls = UnavailableError
+    elif status in (401, 403):
+        cls = AuthenticationError
+    elif status == 409 and error_type == "documentRevisionIDDoesNotMatchError":
+        cls = RevisionConflict
+    else:
+        cls = RejectedError
+    retry_after = None
+    if issubclass(cls, UnavailableError):
+        retry_after = parse_retry_after(headers.get("retry-after"))
+    return cls(service, status, message, body=body, error_type=error_type, retry_after=retry_after)

@@ -1,0 +1,192 @@
+"""Client for Filestack's store-from-URL (the ``/process`` endpoint).
+
+Sends the same JSON body as filestack-python 4.x ``Client.upload_url`` (and
+filestack-js ``storeURL``, whose top-level ``upload_tags`` it adds), but over an
+injected ``httpx.AsyncClient``: the SDK itself has no timeouts, opens a connection per
+call, mutates a process-global header dict on every call, and is sync only. Signing
+uses the SDK's :class:`filestack.Security`, the reference for Filestack policies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from filestack import Security
+from pydantic import SecretStr
+
+from cms_sync import __version__
+from cms_sync.errors import InvalidResponse, excerpt
+from cms_sync.retry import RetryPolicy, store_is_safe
+from cms_sync.settings import Settings
+from cms_sync.transport import json_body, raise_for_status, send
+
+SERVICE = "Filestack"
+
+#: How long a store policy stays valid: long enough for one request and its retries.
+POLICY_TTL_SECONDS = 300
+
+# Filestack's limits on upload tags.
+MAX_TAGS = 10
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+
+
+def http_client(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` for Filestack, built once per process.
+
+    The read timeout is long: Filestack fetches the source file before it answers.
+    """
+    timeout = settings.cms_sync_filestack_timeout
+    return httpx.AsyncClient(
+        headers={"User-Agent": f"cms-sync/{__version__}"},
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        transport=transport,
+    )
+
+
+def parse_error(body: Any) -> tuple[str | None, str | None]:
+    """Filestack errors are plain text or ``{"error": "..."}``."""
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if isinstance(body.get(key), str):
+                return None, body[key]
+    return None, None
+
+
+def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Upload tags within Filestack's limits.
+
+    Raises:
+        ValueError: too many tags, or a key or value too long.
+    """
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} upload tags, got {len(tags)}")
+    for key, value in tags.items():
+        if not key or len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise ValueError(f"upload tag {key!r} exceeds Filestack's limits")
+    return dict(tags)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    handle: str
+    url: str
+    size: int | None
+    mime_type: str | None
+    filename: str | None
+
+
+def parse_store_response(body: Any, *, status: int) -> StoredFile:
+    """Read a store response; the MIME type is ``type`` (or ``mimetype`` elsewhere).
+
+    Raises:
+        InvalidResponse: no JSON object with a ``handle`` and ``url``.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("handle"), str) or not body["handle"]:
+        raise InvalidResponse(
+            SERVICE, status, f"store response has no handle: {excerpt(str(body), 120)}"
+        )
+    url = body.get("url")
+    if not isinstance(url, str) or not url:
+        raise InvalidResponse(SERVICE, status, "store response has no url")
+    size = body.get("size")
+    mime = body.get("type") or body.get("mimetype")
+    filename = body.get("filename")
+    return StoredFile(
+        handle=body["handle"],
+        url=url,
+        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        mime_type=mime if isinstance(mime, str) else None,
+        filename=filename if isinstance(filename, str) else None,
+    )
+
+
+class FilestackClient:
+    """Store files from URLs; retried only when the request was never sent."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        api_key: str,
+        process_url: str,
+        location: str = "S3",
+        path: str | None = None,
+        app_secret: SecretStr | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._http = http
+        self._api_key = api_key
+        self._process_url = process_url
+        self._location = location
+        self._path = path
+        self._app_secret = app_secret
+        self._retry = retry or RetryPolicy()
+        self._clock = clock
+
+    @classmethod
+    def from_settings(
+        cls, http: httpx.AsyncClient, settings: Settings, *, retry: RetryPolicy | None = None
+    ) -> FilestackClient:
+        return cls(
+            http,
+            api_key=settings.filestack_api_key,
+            process_url=settings.filestack_process_url,
+            location=settings.filestack_store_location,
+            path=settings.filestack_store_path or None,
+            app_secret=settings.filestack_app_secret,
+            retry=retry,
+        )
+
+    def store_body(
+        self, source_url: str, *, filename: str | None, tags: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The ``/process`` body: SDK-compatible store task, security task, upload tags."""
+        store_params: dict[str, Any] = {"location": self._location}
+        if filename:
+            store_params["filename"] = filename
+        if self._path:
+            store_params["path"] = self._path
+        tasks: list[dict[str, Any]] = [{"name": "store", "params": store_params}]
+        if self._app_secret is not None:
+            policy = {"expiry": int(self._clock()) + POLICY_TTL_SECONDS, "call": ["store"]}
+            security = Security(policy, self._app_secret.get_secret_value())
+            tasks.append(
+                {
+                    "name": "security",
+                    "params": {"policy": security.policy_b64, "signature": security.signature},
+                }
+            )
+        body: dict[str, Any] = {"apikey": self._api_key, "sources": [source_url], "tasks": tasks}
+        if tags:
+            body["upload_tags"] = check_tags(tags)
+        return body
+
+    async def store_url(
+        self, source_url: str, *, filename: str | None, tags: Mapping[str, str]
+    ) -> StoredFile:
+        """Copy ``source_url`` into Filestack storage.
+
+        Raises:
+            RejectedError: Filestack refused this source or our credentials.
+            InvalidResponse: a 2xx without a JSON handle.
+            TransportError, UnavailableError: no answer, or overloaded.
+        """
+        request = self._http.build_request(
+            "POST",
+            self._process_url,
+            json=self.store_body(source_url, filename=filename, tags=tags),
+        )
+        async for attempt in self._retry.retrying(store_is_safe, operation="filestack_store"):
+            with attempt:
+                reply = await send(self._http, request, service=SERVICE)
+        raise_for_status(reply, service=SERVICE, parse_error=parse_error)
+        return parse_store_response(json_body(reply, service=SERVICE), status=reply.status)

@@ -1,0 +1,1 @@
+"""Thin HTTP endpoints of the webhook service (Sanity deliveries, health)."""

@@ -1,0 +1,55 @@
+"""Logging, configured once by an explicit call at the entry point.
+
+Structured events to stderr: JSON when stderr is not a terminal (or when asked), a
+readable console format otherwise. Context (``document_id``, later ``job_id`` ...) is
+bound through contextvars. A last processor masks any value under a secret-looking key,
+so a token cannot reach a log line even by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_SECRET_MARKERS = ("token", "secret", "password", "authorization", "signature", "apikey")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Mask values whose key names a secret."""
+    for key in list(event_dict):
+        if any(marker in key.lower() for marker in _SECRET_MARKERS):
+            event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(
+    *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the process (call once, from the entry point)."""
+    out = stream or sys.stderr
+    as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,81 @@
+"""Retry policy as data: which errors are safe to retry, how long to wait, how to sleep.
+
+Each outbound call gets a tenacity ``AsyncRetrying`` built from a :class:`RetryPolicy`
+and a predicate saying what is safe for that call. ``sleep`` is injected so tests run
+retries without waiting; a ``retry-after`` from the server wins over the backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from cms_sync.errors import ConnectError, RemoteError, TransportError, UnavailableError
+
+log = structlog.get_logger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter."""
+
+    attempts: int = 4
+    initial: float = 0.5
+    maximum: float = 8.0
+    #: Longest ``retry-after`` honoured; a server asking for more gets this much.
+    max_retry_after: float = 30.0
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RemoteError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        ceiling = min(self.maximum, self.initial * 2 ** (state.attempt_number - 1))
+        return self.rng.uniform(0, ceiling)
+
+    def retrying(self, safe: Callable[[BaseException], bool], *, operation: str) -> AsyncRetrying:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "request_retry",
+                operation=operation,
+                attempt=state.attempt_number,
+                wait=round(state.upcoming_sleep, 3),
+                error=str(exc),
+            )
+
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self.wait,
+            retry=retry_if_exception(safe),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+
+def query_is_safe(exc: BaseException) -> bool:
+    """A read can be repeated after any transport failure, 429 or 5xx."""
+    return isinstance(exc, TransportError | UnavailableError)
+
+
+def guarded_mutation_is_safe(exc: BaseException) -> bool:
+    """An ``ifRevisionID`` patch: 429/5xx, or a request that was never sent.
+
+    If a first attempt did apply, the retry fails with a revision conflict, which the
+    sync answers by refetching: so the guard makes the retry safe.
+    """
+    return isinstance(exc, UnavailableError | ConnectError)
+
+
+def store_is_safe(exc: BaseException) -> bool:
+    """A Filestack store is not idempotent: retry only what was never sent."""
+    return isinstance(exc, ConnectError)

@@ -1,0 +1,127 @@
+"""Settings, read once at the entry point from the environment (and a ``.env`` file).
+
+This is the only module that reads the environment; everything below receives a
+:class:`Settings` (or the pieces of it it needs).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cms_sync.allowlist import AllowedHost, parse_allowed_host
+from cms_sync.errors import ConfigError
+
+_API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}|1|X)$")
+
+
+def _http_url(value: str) -> str:
+    url = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise ValueError("must be an http(s) URL")
+    return url
+
+
+class Settings(BaseSettings):
+    """Every setting, named exactly as its environment variable (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    sanity_project_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)
+    sanity_dataset: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    sanity_api_version: str = "2025-02-19"
+    sanity_write_token: SecretStr
+    sanity_api_host: str | None = None
+
+    filestack_api_key: str = Field(min_length=1)
+    filestack_app_secret: SecretStr | None = None
+    filestack_process_url: str = "https://cdn.filestackcontent.com/process"
+    filestack_store_location: str = "S3"
+    #: Folder prefix for stored files; ending in "/" lets Filestack add a random prefix.
+    filestack_store_path: str = "sanity/"
+
+    cms_sync_config: Path | None = None
+    cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...], NoDecode] = (
+        AllowedHost("cdn.sanity.io"),
+    )
+    cms_sync_sanity_timeout: float = Field(default=30.0, gt=0, le=600)
+    cms_sync_filestack_timeout: float = Field(default=120.0, gt=0, le=900)
+    cms_sync_store_concurrency: int = Field(default=4, ge=1, le=64)
+    cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
+    cms_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cms_sync_log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("sanity_api_version", mode="before")
+    @classmethod
+    def _api_version(cls, value: Any) -> Any:
+        text = str(value).strip().removeprefix("v")
+        if not _API_VERSION.match(text):
+            raise ValueError("must be a date like 2025-02-19")
+        return text
+
+    @field_validator("sanity_api_host", mode="before")
+    @classmethod
+    def _api_host(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return _http_url(str(value))
+
+    @field_validator("filestack_process_url", mode="before")
+    @classmethod
+    def _process_url(cls, value: Any) -> Any:
+        return _http_url(str(value))
+
+    @field_validator("filestack_app_secret", mode="before")
+    @classmethod
+    def _empty_secret(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cms_sync_config", mode="before")
+    @classmethod
+    def _empty_path(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cms_sync_allowed_asset_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            entries = [part for part in value.split(",") if part.strip()]
+            if not entries:
+                raise ValueError("needs at least one host")
+            return tuple(parse_allowed_host(part) for part in entries)
+        return value
+
+    @property
+    def sanity_base_url(self) -> str:
+        """``https://<project>.api.sanity.io/v<version>`` or ``<SANITY_API_HOST>/v<version>``."""
+        host = self.sanity_api_host or f"https://{self.sanity_project_id}.api.sanity.io"
+        return f"{host}/v{self.sanity_api_version}"
+
+
+def _describe(err: Any) -> str:
+    name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+    if err["type"] == "missing":
+        return f"{name} is required"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{name}: {msg}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment and ``.env``.
+
+    Raises:
+        ConfigError: one line naming the first missing or invalid variable.
+    """
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0]) + more) from None

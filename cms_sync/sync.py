@@ -1,0 +1,235 @@
+"""The core sync: fetch a document's media, store what is missing, patch it back.
+
+``Syncer.sync(document_id)`` is safe to run any number of times: stores go through the
+stored-asset records (each distinct asset is stored once; concurrent requests for the
+same asset share one store), the patch is guarded by ``ifRevisionID``, and a document
+already in sync gets no mutation at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from cms_sync.allowlist import AllowedHost
+from cms_sync.document import Asset, parse_document
+from cms_sync.errors import (
+    CmsSyncError,
+    DocumentNotFound,
+    InvalidResponse,
+    RevisionConflict,
+    SlotBlocked,
+    UnmappedType,
+)
+from cms_sync.filestack import FilestackClient
+from cms_sync.groq import build_document_query
+from cms_sync.mapping import MediaMapping
+from cms_sync.mutations import build_patch
+from cms_sync.planner import Action, Plan, plan_document
+from cms_sync.records import AssetRecords, StoredAsset
+from cms_sync.sanity import SanityClient
+
+log = structlog.get_logger(__name__)
+
+# Filestack's limit is 256 characters per tag value.
+_TAG_VALUE_LIMIT = 256
+
+
+@dataclass(frozen=True)
+class SlotFailure:
+    slot: str
+    error: CmsSyncError
+
+
+@dataclass
+class SyncReport:
+    """What one sync of one document did."""
+
+    document_id: str
+    plan: Plan | None = None
+    stored: int = 0  # slots filled by a store made during this sync (one per asset)
+    reused: int = 0  # slots filled from an earlier store of the same asset
+    skipped: int = 0  # slots with no asset, or already in sync
+    patched: bool = False
+    replans: int = 0
+    failures: list[SlotFailure] = field(default_factory=list)
+    error: CmsSyncError | None = None  # the document could not be synced at all
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failures
+
+
+@dataclass(frozen=True)
+class _Resolution:
+    """How the assets of one plan were obtained."""
+
+    records: dict[str, StoredAsset]
+    errors: dict[str, CmsSyncError]
+
+
+class Syncer:
+    """Runs the core sync for documents; one instance per process (it owns the dedupe)."""
+
+    def __init__(
+        self,
+        *,
+        sanity: SanityClient,
+        filestack: FilestackClient,
+        mapping: MediaMapping,
+        allowed_hosts: tuple[AllowedHost, ...],
+        records: AssetRecords,
+        store_concurrency: int = 4,
+        max_replans: int = 3,
+    ) -> None:
+        self._sanity = sanity
+        self._filestack = filestack
+        self._mapping = mapping
+        self._query = build_document_query(mapping)
+        self._allowed_hosts = allowed_hosts
+        self._records = records
+        self._store_slots = asyncio.Semaphore(store_concurrency)
+        self._max_replans = max_replans
+        self._inflight: dict[str, asyncio.Future[StoredAsset]] = {}
+
+    async def plan(self, document_id: str) -> Plan:
+        """Fetch the published document and plan every media slot.
+
+        Raises:
+            DocumentNotFound, UnmappedType, TransportError, RemoteError.
+        """
+        result = await self._sanity.query(self._query.text, self._query.params(document_id))
+        if result is None:
+            raise DocumentNotFound(document_id)
+        if not isinstance(result, dict):
+            raise InvalidResponse("Sanity", 200, "query result is not a document")
+        doc_type = result.get("_type")
+        if doc_type not in self._mapping.types:
+            raise UnmappedType(document_id, str(doc_type), self._mapping.type_names)
+        document = parse_document(result, self._mapping)
+        return plan_document(document, self._allowed_hosts)
+
+    async def sync(self, document_id: str, *, dry_run: bool = False) -> SyncReport:
+        """Bring every media slot of the document into Filestack and patch it back.
+
+        Errors of cms-sync's own hierarchy end up in the report; anything else is a bug
+        and propagates.
+        """
+        report = SyncReport(document_id=document_id)
+        with structlog.contextvars.bound_contextvars(document_id=document_id):
+            try:
+                await self._sync(report, dry_run=dry_run)
+            except CmsSyncError as exc:
+                report.error = exc
+                log.warning("sync_failed", error=str(exc), error_type=type(exc).__name__)
+        return report
+
+    async def _sync(self, report: SyncReport, *, dry_run: bool) -> None:
+        made_here: set[str] = set()
+        for attempt in range(self._max_replans + 1):
+            plan = await self.plan(report.document_id)
+            report.plan, report.replans = plan, attempt
+            if dry_run:
+                _tally(report, plan, _Resolution({}, {}), made_here)
+                return
+            resolution = await self._resolve(plan, made_here)
+            _tally(report, plan, resolution, made_here)
+            mutation = build_patch(plan, resolution.records)
+            if mutation is None:
+                log.info("document_in_sync", rev=plan.document.rev)
+                return
+            try:
+                await self._sanity.mutate([mutation])
+            except RevisionConflict:
+                log.info("patch_conflict", rev=plan.document.rev, attempt=attempt + 1)
+                if attempt == self._max_replans:
+                    raise
+                continue
+            report.patched = True
+            log.info("document_patched", rev=plan.document.rev, slots=report.stored + report.reused)
+            return
+
+    async def _resolve(self, plan: Plan, made_here: set[str]) -> _Resolution:
+        """Obtain a stored copy of every asset the plan needs (concurrently)."""
+        assets = list(plan.assets_to_store().values())
+        outcomes = await asyncio.gather(
+            *(self._obtain(asset, plan.document.id, made_here) for asset in assets),
+            return_exceptions=True,
+        )
+        records: dict[str, StoredAsset] = {}
+        errors: dict[str, CmsSyncError] = {}
+        for asset, outcome in zip(assets, outcomes, strict=True):
+            if isinstance(outcome, StoredAsset):
+                records[asset.id] = outcome
+            elif isinstance(outcome, CmsSyncError):
+                errors[asset.id] = outcome
+            else:
+                raise outcome  # a bug, not a sync failure
+        return _Resolution(records, errors)
+
+    async def _obtain(self, asset: Asset, document_id: str, made_here: set[str]) -> StoredAsset:
+        record = await self._records.get(asset.id)
+        if record is not None:
+            return record
+        future = self._inflight.get(asset.id)
+        if future is None:
+            future = asyncio.ensure_future(self._store(asset, document_id))
+            self._inflight[asset.id] = future
+            future.add_done_callback(lambda _: self._inflight.pop(asset.id, None))
+            made_here.add(asset.id)
+        # Shielded: one waiter being cancelled must not cancel a store others await.
+        return await asyncio.shield(future)
+
+    async def _store(self, asset: Asset, document_id: str) -> StoredAsset:
+        assert asset.url is not None  # the planner only plans stores for assets with a URL
+        async with self._store_slots:
+            stored = await self._filestack.store_url(
+                asset.url,
+                filename=_filename(asset),
+                tags={
+                    "sanity_document_id": document_id[:_TAG_VALUE_LIMIT],
+                    "sanity_asset_id": asset.id[:_TAG_VALUE_LIMIT],
+                },
+            )
+        record = StoredAsset(
+            asset_id=asset.id,
+            handle=stored.handle,
+            url=stored.url,
+            size=stored.size if stored.size is not None else asset.size,
+            mime_type=stored.mime_type or asset.mime_type,
+        )
+        await self._records.put(record)
+        log.info("asset_stored", asset_id=asset.id, handle=record.handle, size=record.size)
+        return record
+
+
+def _filename(asset: Asset) -> str | None:
+    if asset.original_filename:
+        return asset.original_filename
+    if asset.extension:
+        return f"{asset.id}.{asset.extension}"
+    return None
+
+
+def _tally(report: SyncReport, plan: Plan, resolution: _Resolution, made_here: set[str]) -> None:
+    """Count the final plan's slots into the report (recomputed after each replan)."""
+    report.stored = report.reused = report.skipped = 0
+    report.failures = []
+    counted_stores: set[str] = set()
+    for slot_plan in plan.slots:
+        path = slot_plan.slot.path
+        if slot_plan.action in (Action.EMPTY, Action.IN_SYNC):
+            report.skipped += 1
+        elif slot_plan.action is Action.BLOCKED:
+            report.failures.append(SlotFailure(path, SlotBlocked(path, slot_plan.reason)))
+        elif slot_plan.asset.id in resolution.errors:
+            report.failures.append(SlotFailure(path, resolution.errors[slot_plan.asset.id]))
+        elif slot_plan.asset.id in resolution.records:
+            asset_id = slot_plan.asset.id
+            if asset_id in made_here and asset_id not in counted_stores:
+                counted_stores.add(asset_id)
+                report.stored += 1
+            else:
+                report.reused += 1

@@ -1,0 +1,124 @@
+"""Send one HTTP request and translate every failure into :mod:`cms_sync.errors`.
+
+Shared by the Sanity and Filestack clients: a bounded response body, httpx's
+exceptions mapped by whether the request can have been sent, and non-2xx statuses
+mapped by class (4xx rejected, 429/5xx unavailable).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cms_sync.errors import (
+    ConnectError,
+    InvalidResponse,
+    ResponseTimeout,
+    TransportError,
+    excerpt,
+    status_error,
+)
+
+#: Largest response body read into memory; API answers for one document are far smaller.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+#: Given a non-2xx body parsed as JSON (or None), return (error type, description).
+ErrorParser = Callable[[Any], tuple[str | None, str | None]]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    reason: str
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json_or_none(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def _translate(service: str, request: httpx.Request, exc: httpx.TransportError) -> TransportError:
+    where = f"{request.method} {request.url.copy_with(query=None)}"
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return ConnectError(service, f"cannot connect ({where}): {detail}")
+    if isinstance(exc, httpx.TimeoutException):
+        return ResponseTimeout(service, f"no answer in time ({where}): {type(exc).__name__}")
+    return TransportError(service, f"request failed ({where}): {detail}")
+
+
+async def send(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    service: str,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+) -> Reply:
+    """Send ``request`` and read at most ``max_bytes`` of the answer.
+
+    Raises:
+        TransportError: (or a subclass) no complete answer.
+        InvalidResponse: the body is larger than ``max_bytes``.
+    """
+    try:
+        response = await client.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise InvalidResponse(
+                        service, response.status_code, f"response larger than {max_bytes} bytes"
+                    )
+        finally:
+            await response.aclose()
+    except httpx.TransportError as exc:
+        raise _translate(service, request, exc) from exc
+    reason = response.reason_phrase or ""
+    return Reply(
+        status=response.status_code, reason=reason, headers=response.headers, body=bytes(body)
+    )
+
+
+def raise_for_status(reply: Reply, *, service: str, parse_error: ErrorParser) -> None:
+    """Raise the :class:`~cms_sync.errors.RemoteError` subclass for a non-2xx reply."""
+    if 200 <= reply.status < 300:
+        return
+    error_type, description = parse_error(reply.json_or_none())
+    raise status_error(
+        service,
+        reply.status,
+        reply.reason,
+        body=reply.text,
+        error_type=error_type,
+        description=excerpt(description) if description else None,
+        headers=reply.headers,
+    )
+
+
+def json_body(reply: Reply, *, service: str) -> Any:
+    """The reply's JSON body.
+
+    Raises:
+        InvalidResponse: not JSON.
+    """
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        raise InvalidResponse(
+            service,
+            reply.status,
+            f"expected JSON, got: {excerpt(reply.text, 120) or '(empty body)'}",
+            body=reply.text,
+        ) from None
