@@ -1,0 +1,262 @@
+"""In-memory fakes of the Content Lake and Filestack that speak the wire formats of WIRE.md.
+
+Each fake is an ``httpx.Request -> httpx.Response`` handler: tests use it through
+``httpx.MockTransport`` or behind a real socket (``servers.serve``). The Content Lake fake
+answers only cms-sync's document query (its projection is written out in Python and
+checked against groq-js recordings in tests/groq) and applies JSONMatch ``set`` patches
+of the two path shapes the worker writes, with ``ifRevisionID``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+from cms_sync.document import ASSET_FIELDS, SLOT_FIELDS
+from cms_sync.groq import build_document_query
+from cms_sync.mapping import MediaMapping, default_mapping
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+def load_fixture(relative: str) -> Any:
+    return json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
+
+
+def load_dataset() -> list[dict[str, Any]]:
+    text = (FIXTURES / "sanity" / "dataset.ndjson").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers)
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@dataclass
+class FakeContentLake:
+    """A Content Lake holding one dataset, published perspective only."""
+
+    documents: dict[str, dict[str, Any]]
+    token: str = "sk-test-token"
+    dataset: str = "production"
+    mapping: MediaMapping = field(default_factory=default_mapping)
+    queries: list[httpx.Request] = field(default_factory=list)
+    mutations: list[list[dict[str, Any]]] = field(default_factory=list)
+    #: Responses served (once each, in order) before normal handling: inject failures.
+    scripted: list[Handler] = field(default_factory=list)
+    #: Called before each mutation is applied: simulate a concurrent editor.
+    before_mutate: Callable[[FakeContentLake], None] | None = None
+    _revs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_fixtures(cls, **kwargs: Any) -> FakeContentLake:
+        return cls(documents={d["_id"]: d for d in load_dataset()}, **kwargs)
+
+    # -- HTTP -------------------------------------------------------------------------
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            if self.scripted:
+                return self.scripted.pop(0)(request)
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return _json(
+                    401, {"statusCode": 401, "error": "Unauthorized", "message": "Session not found"}
+                )
+            path = request.url.path
+            if re.fullmatch(rf"/v[^/]+/data/query/{self.dataset}", path):
+                return self._query(request)
+            if re.fullmatch(rf"/v[^/]+/data/mutate/{self.dataset}", path):
+                return self._mutate(request)
+            return _json(404, {"statusCode": 404, "error": "Not Found", "message": path})
+
+    def _query(self, request: httpx.Request) -> httpx.Response:
+        self.queries.append(request)
+        if request.method == "GET":
+            args = {k: v[0] for k, v in parse_qs(request.url.query.decode()).items()}
+            query = args.pop("query", "")
+            params = {k[1:]: json.loads(v) for k, v in args.items() if k.startswith("$")}
+            perspective = args.get("perspective")
+        else:
+            body = json.loads(request.content)
+            query, params = body["query"], body.get("params", {})
+            perspective = request.url.params.get("perspective")
+        expected = build_document_query(self.mapping)
+        if query != expected.text or perspective != "published":
+            return _json(400, {"error": {"type": "queryParseError", "description": "fake: unknown query"}})
+        doc = self.published(params["id"])
+        result = None if doc is None else self.project(doc)
+        return _json(200, {"ms": 1, "query": query, "result": result})
+
+    def _mutate(self, request: httpx.Request) -> httpx.Response:
+        mutations = json.loads(request.content)["mutations"]
+        self.mutations.append(mutations)
+        if self.before_mutate is not None:
+            self.before_mutate(self)
+        staged = copy.deepcopy(self.documents)
+        results = []
+        for index, mutation in enumerate(mutations):
+            patch = mutation["patch"]
+            doc = staged.get(patch["id"])
+            if doc is None:
+                return _json(
+                    404,
+                    {"error": {"type": "mutationError", "description": "not found",
+                               "items": [{"index": index, "error": {"type": "documentNotFoundError"}}]}},
+                )
+            if "ifRevisionID" in patch and patch["ifRevisionID"] != doc["_rev"]:
+                body = load_fixture("sanity/errors/revision-mismatch.json")
+                item = body["error"]["items"][0]["error"]
+                item["currentRevisionID"], item["expectedRevisionID"] = doc["_rev"], patch["ifRevisionID"]
+                return _json(409, body)
+            for path, value in patch.get("set", {}).items():
+                set_path(doc, path, value)
+            self.touch(doc)
+            results.append({"id": doc["_id"], "operation": "update"})
+        self.documents = staged
+        return _json(200, {"transactionId": f"tx{len(self.mutations)}", "results": results})
+
+    # -- state ------------------------------------------------------------------------
+    def touch(self, doc: dict[str, Any]) -> None:
+        doc["_rev"] = f"rev{next(self._revs):06d}"
+        doc["_updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def published(self, doc_id: str) -> dict[str, Any] | None:
+        if doc_id.startswith(("drafts.", "versions.")):
+            return None
+        return self.documents.get(doc_id)
+
+    def project(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """cms-sync's document query, evaluated the way groq-js does."""
+        out = {key: doc.get(key) for key in ("_id", "_type", "_rev", "_updatedAt")}
+        for media in self.mapping.types.get(doc["_type"], ()):
+            value = doc.get(media.name)
+            if media.is_array:
+                out[media.name] = (
+                    [self._slot(item, with_key=True) for item in value]
+                    if isinstance(value, list)
+                    else None
+                )
+            else:
+                out[media.name] = self._slot(value, with_key=False)
+        return out
+
+    def _slot(self, value: Any, *, with_key: bool) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            return None
+        slot: dict[str, Any] = {"_key": value.get("_key")} if with_key else {}
+        slot.update({name: value.get(name) for name in SLOT_FIELDS})
+        ref = value.get("asset", {}).get("_ref") if isinstance(value.get("asset"), dict) else None
+        asset = self.documents.get(ref) if ref else None
+        slot["asset"] = {name: asset.get(name) for name in ASSET_FIELDS} if asset else None
+        return slot
+
+    def slot_value(self, doc_id: str, path: str) -> dict[str, Any]:
+        """The media object at ``mainImage`` or ``gallery[_key=="k"]``."""
+        return resolve(self.documents[doc_id], path)
+
+
+_KEYED = re.compile(r'^(?P<field>[A-Za-z_][A-Za-z0-9_]*)\[_key==(?P<key>"(?:[^"\\]|\\.)*")\]$')
+
+
+def resolve(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    match = _KEYED.match(path)
+    if match is None:
+        return doc[path]  # type: ignore[no-any-return]
+    key = json.loads(match["key"])
+    return next(item for item in doc[match["field"]] if item.get("_key") == key)
+
+
+def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Apply ``set`` for ``field.attr`` or ``field[_key=="k"].attr`` (what the worker sends)."""
+    container_path, _, attr = path.rpartition(".")
+    resolve(doc, container_path)[attr] = value
+
+
+@dataclass
+class FakeFilestack:
+    """Filestack's ``/process`` store-from-URL, with policy verification."""
+
+    api_key: str = "fs-test-key"
+    app_secret: str | None = None
+    cdn: str = "https://cdn.filestackcontent.com"
+    stores: list[dict[str, Any]] = field(default_factory=list)
+    #: Sources Filestack refuses (400), as if it could not fetch them.
+    refuse: set[str] = field(default_factory=set)
+    scripted: list[Handler] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            if self.scripted:
+                return self.scripted.pop(0)(request)
+            if request.method != "POST" or not request.url.path.endswith("/process"):
+                return httpx.Response(404, text="Not Found")
+            body = json.loads(request.content)
+            if body.get("apikey") != self.api_key:
+                return httpx.Response(403, text="storage provider error: Invalid Application (idx 0)")
+            problem = self._security_problem(body)
+            if problem:
+                return _json(403, {"error": problem})
+            (source,) = body["sources"]
+            if source in self.refuse:
+                return httpx.Response(400, text=f"Invalid URL: could not fetch {source}")
+            store = next(t["params"] for t in body["tasks"] if t["name"] == "store")
+            self.stores.append(body)
+            handle = hashlib.sha1(f"{len(self.stores)}:{source}".encode()).hexdigest()[:20]
+            filename = store.get("filename") or source.rsplit("/", 1)[-1]
+            return _json(
+                200,
+                {
+                    "container": "fs-test-bucket",
+                    "filename": filename,
+                    "handle": handle,
+                    "key": f"{store.get('path', '')}{handle[:4]}_{filename}",
+                    "size": 1000 + len(self.stores),
+                    "type": _mime(filename),
+                    "url": f"{self.cdn}/{handle}",
+                },
+            )
+
+    def _security_problem(self, body: dict[str, Any]) -> str | None:
+        security = next((t["params"] for t in body["tasks"] if t["name"] == "security"), None)
+        if self.app_secret is None:
+            return None
+        if security is None:
+            return "Invalid App policy: missing"
+        expected = hmac.new(
+            self.app_secret.encode(), security["policy"].encode(), hashlib.sha256
+        ).hexdigest()
+        if not hmac.compare_digest(expected, security["signature"]):
+            return "Invalid App policy: signature"
+        policy = json.loads(base64.urlsafe_b64decode(security["policy"]))
+        if policy["expiry"] < self.clock() or "store" not in policy.get("call", []):
+            return "Invalid App policy: expired or not for store"
+        return None
+
+
+def _mime(filename: str) -> str:
+    ext = filename.rsplit(".", 1)[-1].lower()
+    return {
+        "jpg": "image/jpeg",
+        "png": "image/png",
+        "webp": "image/webp",
+        "pdf": "application/pdf",
+    }.get(ext, "application/octet-stream")

@@ -1,0 +1,69 @@
+"""Build settings, clients and a Syncer for tests, wired to fakes through MockTransport."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from cms_sync import filestack, sanity
+from cms_sync.mapping import default_mapping
+from cms_sync.records import MemoryAssetRecords
+from cms_sync.retry import RetryPolicy
+from cms_sync.settings import Settings
+from cms_sync.sync import Syncer
+from fakes import FakeContentLake, FakeFilestack
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "sanity_project_id": "cmsdemo",
+        "sanity_dataset": "production",
+        "sanity_write_token": "sk-test-token",
+        "filestack_api_key": "fs-test-key",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class Sleeps:
+    """An injected sleep that records how long it was asked to wait, and returns at once."""
+
+    waits: list[float] = field(default_factory=list)
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def no_wait_policy(sleeps: Sleeps | None = None, attempts: int = 4) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, sleep=sleeps or Sleeps())
+
+
+@asynccontextmanager
+async def wired_syncer(
+    lake: FakeContentLake,
+    fs: FakeFilestack,
+    *,
+    settings: Settings | None = None,
+    records: MemoryAssetRecords | None = None,
+    retry: RetryPolicy | None = None,
+) -> AsyncIterator[Syncer]:
+    settings = settings or make_settings()
+    retry = retry or no_wait_policy()
+    async with (
+        sanity.http_client(settings, transport=httpx.MockTransport(lake)) as sanity_http,
+        filestack.http_client(settings, transport=httpx.MockTransport(fs)) as fs_http,
+    ):
+        yield Syncer(
+            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset, retry=retry),
+            filestack=filestack.FilestackClient.from_settings(fs_http, settings, retry=retry),
+            mapping=default_mapping(),
+            allowed_hosts=settings.cms_sync_allowed_asset_hosts,
+            records=records or MemoryAssetRecords(),
+            store_concurrency=settings.cms_sync_store_concurrency,
+            max_replans=settings.cms_sync_max_replans,
+        )
