@@ -23,6 +23,7 @@ from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
 from cms_sync.records import MemoryAssetRecords
+from cms_sync.retry import RetryPolicy
 from cms_sync.settings import Settings, load_settings
 from cms_sync.sync import Syncer, SyncReport
 
@@ -113,9 +114,14 @@ async def run_sync(
         sanity.http_client(settings) as sanity_http,
         filestack.http_client(settings) as filestack_http,
     ):
+        retry = RetryPolicy(
+            attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
+        )
         syncer = Syncer(
-            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset),
-            filestack=filestack.FilestackClient.from_settings(filestack_http, settings),
+            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset, retry=retry),
+            filestack=filestack.FilestackClient.from_settings(
+                filestack_http, settings, retry=retry
+            ),
             mapping=mapping,
             allowed_hosts=settings.cms_sync_allowed_asset_hosts,
             records=MemoryAssetRecords(),

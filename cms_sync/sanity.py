@@ -18,7 +18,7 @@ from cms_sync import __version__
 from cms_sync.errors import InvalidResponse
 from cms_sync.retry import RetryPolicy, guarded_mutation_is_safe, query_is_safe
 from cms_sync.settings import Settings
-from cms_sync.transport import Reply, json_body, raise_for_status, send
+from cms_sync.transport import MAX_RESPONSE_BYTES, Reply, json_body, raise_for_status, send
 
 SERVICE = "Sanity"
 
@@ -87,11 +87,13 @@ class SanityClient:
         dataset: str,
         retry: RetryPolicy | None = None,
         max_get_url: int = MAX_GET_URL,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self._http = http
         self._dataset = dataset
         self._retry = retry or RetryPolicy()
         self._max_get_url = max_get_url
+        self._max_response_bytes = max_response_bytes
 
     def query_request(self, query: str, params: Mapping[str, Any]) -> httpx.Request:
         """GET with JSON-encoded ``$params``; POST ``{"query", "params"}`` when too long."""
@@ -151,6 +153,6 @@ class SanityClient:
         )
 
     async def _send(self, request: httpx.Request) -> Reply:
-        reply = await send(self._http, request, service=SERVICE)
+        reply = await send(self._http, request, service=SERVICE, max_bytes=self._max_response_bytes)
         raise_for_status(reply, service=SERVICE, parse_error=parse_error)
         return reply

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     cms_sync_filestack_timeout: float = Field(default=120.0, gt=0, le=900)
     cms_sync_store_concurrency: int = Field(default=4, ge=1, le=64)
     cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
+    cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
+    #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
+    cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
     cms_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
     cms_sync_log_format: Literal["auto", "json", "console"] = "auto"
 

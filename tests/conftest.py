@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,12 @@ _OUR_ENV = ("SANITY_", "FILESTACK_", "CMS_SYNC_")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith(_OUR_ENV):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env file from the checkout
-    yield
+    return
 
 
 @pytest.fixture

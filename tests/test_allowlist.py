@@ -48,7 +48,9 @@ def test_parse_allowed_host(entry: str, parsed: AllowedHost) -> None:
     assert parse_allowed_host(entry) == parsed
 
 
-@pytest.mark.parametrize("entry", ["", "https://cdn.sanity.io", "cdn.sanity.io/images", "a@b", "h:port"])
+@pytest.mark.parametrize(
+    "entry", ["", "https://cdn.sanity.io", "cdn.sanity.io/images", "a@b", "h:port"]
+)
 def test_bad_allowed_host_entries(entry: str) -> None:
     with pytest.raises(ValueError, match="host\\[:port\\]"):
         parse_allowed_host(entry)

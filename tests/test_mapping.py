@@ -26,9 +26,7 @@ def test_default_mapping_is_the_documented_one() -> None:
 def test_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / "media.toml"
     path.write_text('[types.event]\nmedia = ["poster", "photos[]"]\n')
-    assert load_mapping(path).types == {
-        "event": (MediaField("poster"), MediaField("photos", True))
-    }
+    assert load_mapping(path).types == {"event": (MediaField("poster"), MediaField("photos", True))}
     assert load_mapping(None) == default_mapping()
 
 

@@ -15,7 +15,9 @@ def plan_of(doc_id: str):  # type: ignore[no-untyped-def]
 
 
 def record(asset_id: str, handle: str) -> StoredAsset:
-    return StoredAsset(asset_id, handle, f"https://cdn.filestackcontent.com/{handle}", 7, "image/png")
+    return StoredAsset(
+        asset_id, handle, f"https://cdn.filestackcontent.com/{handle}", 7, "image/png"
+    )
 
 
 def test_patch_sets_exact_paths_guarded_by_revision() -> None:

@@ -11,7 +11,7 @@ from cms_sync.planner import Action, plan_document, plan_slot
 from fakes import load_fixture
 
 CDN = (AllowedHost("cdn.sanity.io"),)
-S, I, E, B = Action.STORE, Action.IN_SYNC, Action.EMPTY, Action.BLOCKED
+S, IN, E, B = Action.STORE, Action.IN_SYNC, Action.EMPTY, Action.BLOCKED
 
 
 def plan_fixture(doc_id: str) -> list[tuple[str, Action]]:
@@ -36,7 +36,7 @@ def plan_fixture(doc_id: str) -> list[tuple[str, Action]]:
         ("post-1", [("mainImage", S)]),
         ("post-no-media", []),
         ("product-no-media", []),
-        ("product-synced", [("mainImage", I)]),
+        ("product-synced", [("mainImage", IN)]),
         ("product-replaced", [("mainImage", S)]),
         ("post-legacy", [("mainImage", S)]),
         ("product-shared-a", [("mainImage", S), ('gallery[_key=="s1"]', S)]),
@@ -69,8 +69,8 @@ SYNCED = Slot(
 @pytest.mark.parametrize(
     ("slot", "action", "reason_part"),
     [
-        (SYNCED, I, "handle made from"),
-        (replace(SYNCED, size=None, mime_type=None), I, "handle made from"),
+        (SYNCED, IN, "handle made from"),
+        (replace(SYNCED, size=None, mime_type=None), IN, "handle made from"),
         (replace(SYNCED, handle=None), S, "no Filestack handle"),
         (replace(SYNCED, url=None), S, "incomplete"),
         (replace(SYNCED, source_asset=None), S, "unknown origin"),

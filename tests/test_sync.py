@@ -51,7 +51,10 @@ async def test_product_gets_every_slot_patched_with_the_store_response() -> None
         assert slot["filestackUrl"] == f"https://cdn.filestackcontent.com/{slot['filestackHandle']}"
         assert slot["filestackSourceAsset"] == asset["_id"]
         assert store["tasks"][0]["params"]["filename"] == asset["originalFilename"]
-        assert store["upload_tags"] == {"sanity_document_id": "product-1", "sanity_asset_id": asset["_id"]}
+        assert store["upload_tags"] == {
+            "sanity_document_id": "product-1",
+            "sanity_asset_id": asset["_id"],
+        }
     assert lake.slot_value("product-1", "specSheet")["filestackMimeType"] == "application/pdf"
 
 
@@ -108,7 +111,9 @@ async def test_same_asset_in_one_document_and_across_documents_is_stored_once() 
 async def test_concurrent_syncs_sharing_an_asset_make_one_store() -> None:
     lake, fs = FakeContentLake.from_fixtures(), FakeFilestack()
     async with wired_syncer(lake, fs) as syncer:
-        a, b = await asyncio.gather(syncer.sync("product-shared-a"), syncer.sync("product-shared-b"))
+        a, b = await asyncio.gather(
+            syncer.sync("product-shared-a"), syncer.sync("product-shared-b")
+        )
     assert a.ok and b.ok
     assert len(fs.stores) == 1
     assert a.stored + b.stored == 1
@@ -226,7 +231,9 @@ async def test_unreachable_filestack_fails_every_slot_without_a_mutation() -> No
 
 async def test_size_and_mime_fall_back_to_the_asset_when_the_response_lacks_them() -> None:
     lake, fs = FakeContentLake.from_fixtures(), FakeFilestack()
-    fs.scripted = [lambda r: httpx.Response(200, json={"handle": "h1", "url": "https://cdn.example/h1"})]
+    fs.scripted = [
+        lambda r: httpx.Response(200, json={"handle": "h1", "url": "https://cdn.example/h1"})
+    ]
     async with wired_syncer(lake, fs) as syncer:
         report = await syncer.sync("post-1")
     slot = lake.slot_value("post-1", "mainImage")

@@ -41,7 +41,9 @@ def test_ids_and_types_are_params_never_query_text() -> None:
 def test_recordings_are_of_the_current_query() -> None:
     """The groq-js recordings are only evidence while they are of the query we send."""
     text = build_document_query(default_mapping()).text
-    stale = [name for name in RECORDED if load_fixture(f"sanity/query/{name}.json")["query"] != text]
+    stale = [
+        name for name in RECORDED if load_fixture(f"sanity/query/{name}.json")["query"] != text
+    ]
     assert not stale, "query builder changed: re-record with fixtures/sanity/record.mjs"
 
 

@@ -77,7 +77,8 @@ class FakeContentLake:
                 return self.scripted.pop(0)(request)
             if request.headers.get("authorization") != f"Bearer {self.token}":
                 return _json(
-                    401, {"statusCode": 401, "error": "Unauthorized", "message": "Session not found"}
+                    401,
+                    {"statusCode": 401, "error": "Unauthorized", "message": "Session not found"},
                 )
             path = request.url.path
             if re.fullmatch(rf"/v[^/]+/data/query/{self.dataset}", path):
@@ -99,7 +100,9 @@ class FakeContentLake:
             perspective = request.url.params.get("perspective")
         expected = build_document_query(self.mapping)
         if query != expected.text or perspective != "published":
-            return _json(400, {"error": {"type": "queryParseError", "description": "fake: unknown query"}})
+            return _json(
+                400, {"error": {"type": "queryParseError", "description": "fake: unknown query"}}
+            )
         doc = self.published(params["id"])
         result = None if doc is None else self.project(doc)
         return _json(200, {"ms": 1, "query": query, "result": result})
@@ -117,13 +120,21 @@ class FakeContentLake:
             if doc is None:
                 return _json(
                     404,
-                    {"error": {"type": "mutationError", "description": "not found",
-                               "items": [{"index": index, "error": {"type": "documentNotFoundError"}}]}},
+                    {
+                        "error": {
+                            "type": "mutationError",
+                            "description": "not found",
+                            "items": [{"index": index, "error": {"type": "documentNotFoundError"}}],
+                        }
+                    },
                 )
             if "ifRevisionID" in patch and patch["ifRevisionID"] != doc["_rev"]:
                 body = load_fixture("sanity/errors/revision-mismatch.json")
                 item = body["error"]["items"][0]["error"]
-                item["currentRevisionID"], item["expectedRevisionID"] = doc["_rev"], patch["ifRevisionID"]
+                item["currentRevisionID"], item["expectedRevisionID"] = (
+                    doc["_rev"],
+                    patch["ifRevisionID"],
+                )
                 return _json(409, body)
             for path, value in patch.get("set", {}).items():
                 set_path(doc, path, value)
@@ -211,7 +222,9 @@ class FakeFilestack:
                 return httpx.Response(404, text="Not Found")
             body = json.loads(request.content)
             if body.get("apikey") != self.api_key:
-                return httpx.Response(403, text="storage provider error: Invalid Application (idx 0)")
+                return httpx.Response(
+                    403, text="storage provider error: Invalid Application (idx 0)"
+                )
             problem = self._security_problem(body)
             if problem:
                 return _json(403, {"error": problem})

@@ -13,7 +13,9 @@ import httpx
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def _request_handler(handler: Handler, requests: list[httpx.Request]) -> type[BaseHTTPRequestHandler]:
+def _request_handler(
+    handler: Handler, requests: list[httpx.Request]
+) -> type[BaseHTTPRequestHandler]:
     class _Adapter(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -40,7 +42,7 @@ def _request_handler(handler: Handler, requests: list[httpx.Request]) -> type[Ba
 
         do_GET = do_POST = _handle
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean
 
     return _Adapter
@@ -52,7 +54,9 @@ def serve(handler: Handler) -> Iterator[tuple[str, list[httpx.Request]]]:
     requests: list[httpx.Request] = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _request_handler(handler, requests))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", requests

@@ -1,0 +1,202 @@
+"""Acceptance: the real ``cms-sync`` command, as a process, against both fakes over sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeContentLake, FakeFilestack
+from servers import serve
+
+TOKEN = "sk-test-token"
+APP_SECRET = "fs-app-secret-value"
+FIELDS = ("filestackHandle", "filestackUrl", "filestackSize", "filestackMimeType")
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class World:
+    lake: FakeContentLake
+    fs: FakeFilestack
+    env: dict[str, str]
+    cwd: Path
+
+    def run(self, *args: str, **env: str) -> Run:
+        proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "cms_sync", *args],
+            env={**self.env, **env},
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    lake = FakeContentLake.from_fixtures(token=TOKEN)
+    fs = FakeFilestack(app_secret=APP_SECRET)
+    with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
+        env = {
+            **os.environ,
+            "SANITY_PROJECT_ID": "cmsdemo",
+            "SANITY_DATASET": "production",
+            "SANITY_WRITE_TOKEN": TOKEN,
+            "SANITY_API_HOST": sanity_url,
+            "FILESTACK_API_KEY": fs.api_key,
+            "FILESTACK_APP_SECRET": APP_SECRET,
+            "FILESTACK_PROCESS_URL": f"{filestack_url}/process",
+            "CMS_SYNC_LOG_FORMAT": "json",
+            "CMS_SYNC_RETRY_BACKOFF": "0",
+        }
+        yield World(lake, fs, env, tmp_path)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_clean(run: Run) -> None:
+    assert "Traceback" not in run.out + run.err
+    assert TOKEN not in run.out + run.err and APP_SECRET not in run.out + run.err
+
+
+def test_sync_patches_every_slot_then_a_second_run_sends_nothing(world: World) -> None:
+    first = world.run("sync", "product-1")
+    assert_clean(first)
+    assert (first.code, first.out) == (0, "product-1: stored 5, reused 0, skipped 0; patched\n")
+    assert len(world.fs.stores) == 5  # one per distinct asset, all signed (the fake verifies)
+    assert len({body["sources"][0] for body in world.fs.stores}) == 5
+    doc = world.lake.documents["product-1"]
+    for slot in [doc["mainImage"], *doc["gallery"], doc["specSheet"]]:
+        assert all(slot.get(name) is not None for name in FIELDS)
+        assert slot["filestackSourceAsset"] == slot["asset"]["_ref"]
+
+    second = world.run("sync", "product-1")
+    assert (second.code, second.out) == (
+        0,
+        "product-1: stored 0, reused 0, skipped 5; already in sync\n",
+    )
+    assert len(world.fs.stores) == 5 and len(world.lake.mutations) == 1
+
+
+def test_logs_are_json_events_on_stderr(world: World) -> None:
+    run = world.run("sync", "post-1")
+    events = [json.loads(line) for line in run.err.splitlines()]
+    assert [e["event"] for e in events] == ["asset_stored", "document_patched"]
+    assert all(e["document_id"] == "post-1" for e in events)
+
+
+def test_several_documents_share_stores_and_report_per_line(world: World) -> None:
+    run = world.run("sync", "product-shared-a", "product-shared-b", "post-foreign-host")
+    lines = run.out.splitlines()
+    assert lines[0] == "product-shared-a: stored 1, reused 1, skipped 0; patched"
+    assert lines[1] == "product-shared-b: stored 0, reused 1, skipped 0; patched"
+    assert lines[2].startswith(
+        "post-foreign-host: stored 0, reused 0, skipped 0; failed 1: mainImage:"
+    )
+    assert "'images.example.net' is not in CMS_SYNC_ALLOWED_ASSET_HOSTS" in lines[2]
+    assert run.code == 1 and len(world.fs.stores) == 1
+
+
+def test_bad_write_token_is_one_clear_line(world: World) -> None:
+    run = world.run("sync", "product-1", SANITY_WRITE_TOKEN="sk-wrong")
+    assert_clean(run)
+    assert run.code == 1
+    assert run.out == (
+        "product-1: error: Sanity: HTTP 401 Unauthorized: Session not found "
+        "(check SANITY_WRITE_TOKEN)\n"
+    )
+    assert "sk-wrong" not in run.out + run.err
+
+
+def test_unknown_document_is_one_clear_line(world: World) -> None:
+    run = world.run("sync", "no-such-doc")
+    assert_clean(run)
+    assert (run.code, run.out) == (
+        1,
+        "no-such-doc: error: no published document with id 'no-such-doc'\n",
+    )
+
+
+def test_unreachable_filestack_is_one_clear_line(world: World) -> None:
+    run = world.run(
+        "sync", "post-1", FILESTACK_PROCESS_URL=f"http://127.0.0.1:{closed_port()}/process"
+    )
+    assert_clean(run)
+    assert run.code == 1
+    (line,) = run.out.splitlines()
+    assert line.startswith(
+        "post-1: stored 0, reused 0, skipped 0; failed 1: mainImage: Filestack: cannot connect"
+    )
+    assert line.endswith("(check FILESTACK_PROCESS_URL)")
+    assert world.lake.mutations == []
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(world: World) -> None:
+    replaced = world.lake.documents["product-replaced"]["mainImage"]
+    synced = world.lake.documents["product-synced"]["mainImage"]["asset"]["_ref"]
+    run = world.run("sync", "--dry-run", "product-replaced", "product-synced")
+    assert run.code == 0
+    assert run.out.splitlines() == [
+        "product-replaced (product, rev rP4fffffffffffffffffff): 1 to store, 0 in sync, 0 empty, "
+        "0 blocked; dry run, nothing sent",
+        f"  mainImage: store: asset replaced (handle was made from "
+        f"{replaced['filestackSourceAsset']}) [{replaced['asset']['_ref']}]",
+        "product-synced (product, rev rP3eeeeeeeeeeeeeeeeeee): 0 to store, 1 in sync, 0 empty, "
+        "0 blocked; dry run, nothing sent",
+        f"  mainImage: in sync: handle made from {synced} [{synced}]",
+    ]
+    assert world.fs.stores == [] and world.lake.mutations == []
+
+
+def test_drafts_are_refused_up_front(world: World) -> None:
+    run = world.run("sync", "drafts.product-1")
+    assert run.code == 1
+    assert "only published documents are synced" in run.out
+    assert world.lake.queries == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SANITY_PROJECT_ID": ""}, "SANITY_PROJECT_ID: String should match pattern"),
+        ({"CMS_SYNC_CONFIG": "missing.toml"}, "CMS_SYNC_CONFIG: cannot read missing.toml"),
+        ({"FILESTACK_PROCESS_URL": "nope"}, "FILESTACK_PROCESS_URL: must be an http(s) URL"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(
+    world: World, env: dict[str, str], message: str
+) -> None:
+    run = world.run("sync", "product-1", **env)
+    assert run.code == 2 and run.out == ""
+    assert run.err.startswith(f"cms-sync: configuration error: {message}")
+    assert len(run.err.splitlines()) == 1
+
+
+def test_missing_variable_names_it(world: World) -> None:
+    env = {k: v for k, v in world.env.items() if k != "SANITY_WRITE_TOKEN"}
+    world.env = env
+    run = world.run("sync", "product-1")
+    assert (run.code, run.err) == (
+        2,
+        "cms-sync: configuration error: SANITY_WRITE_TOKEN is required\n",
+    )
