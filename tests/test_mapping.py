@@ -77,3 +77,8 @@ def test_default_toml_round_trips() -> None:
     import tomllib
 
     assert mapping_from_data(tomllib.loads(DEFAULT_MAPPING_TOML)) == default_mapping()
+
+
+def test_deploy_example_is_the_default() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "media.toml"
+    assert load_mapping(example) == default_mapping()
