@@ -3,6 +3,10 @@
 ```
 CmsSyncError
 ├── ConfigError                  bad settings or media mapping (exit 2)
+├── WebhookError                 a webhook delivery we must refuse
+│   ├── SignatureError           missing, malformed or wrong signature (401)
+│   └── MalformedDelivery        not JSON, or no document id (400)
+├── StoreUnavailable             the job store cannot be read or written (503)
 ├── TransportError               no usable HTTP response; the request may have been sent
 │   ├── ConnectError             the request was never sent (connect refused/timed out, pool full)
 │   └── ResponseTimeout          sent, but no answer in time
@@ -16,8 +20,9 @@ CmsSyncError
 └── SyncError                    a problem with the document itself
     ├── DocumentNotFound         no published document with that id
     ├── UnmappedType             the document's type is not in the media mapping
-    └── SlotBlocked              a media slot that cannot be synced as it is (asset host not
-                                 allow-listed, array item without _key, asset without URL)
+    ├── SlotBlocked              a media slot that cannot be synced as it is (asset host not
+    │                            allow-listed, array item without _key, asset without URL)
+    └── StaleRead                the document is older than the delivery that announced it
 ```
 
 Third-party errors (httpx, pydantic) are translated at the client boundary with
@@ -65,6 +70,22 @@ class CmsSyncError(Exception):
 
 class ConfigError(CmsSyncError):
     """A setting or the media mapping is missing or invalid."""
+
+
+class WebhookError(CmsSyncError):
+    """A webhook delivery that is refused."""
+
+
+class SignatureError(WebhookError):
+    """The ``sanity-webhook-signature`` is missing, malformed or does not match."""
+
+
+class MalformedDelivery(WebhookError):
+    """The delivery body is not JSON, or names no document."""
+
+
+class StoreUnavailable(CmsSyncError):
+    """The job store could not be read or written."""
 
 
 class TransportError(CmsSyncError):
@@ -158,6 +179,17 @@ class SlotBlocked(SyncError):
         super().__init__(f"{slot}: {reason}")
         self.slot = slot
         self.reason = reason
+
+
+class StaleRead(SyncError):
+    """The fetched revision predates the delivery: the read replica has not caught up."""
+
+    def __init__(self, document_id: str, updated_at: str | None, announced_at: float) -> None:
+        super().__init__(
+            f"document {document_id!r} was updated at {updated_at}, "
+            f"older than the delivery's transaction time ({announced_at:.3f})"
+        )
+        self.document_id = document_id
 
 
 def status_error(
