@@ -1,0 +1,162 @@
+"""Durable sync jobs: the interface the worker and the CLI use, and the retry schedule.
+
+A job asks for one document to be synced. States::
+
+    pending --claim--> running --finish--> done
+       ^                 |  \\--fail-----> failed  (the dead-letter list; replay re-queues)
+       '---retry/release-'
+                         (a lease that expires makes a running job pending again)
+
+Guarantees every implementation keeps (the contract tests in tests/test_jobs.py):
+
+- a delivery's idempotency key and its jobs are written in one transaction; a repeated
+  key writes nothing;
+- at most one pending job per document (more deliveries coalesce into it) and at most one
+  running job per document;
+- a job may run more than once (a lease can expire under a slow worker): the sync itself
+  is idempotent;
+- only the lease owner can record a job's outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cms_sync.deliveries import DocumentEvent
+from cms_sync.records import AssetRecords
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    document_id: str
+    state: JobState
+    attempts: int  # claims so far, this one included
+    run_after: float
+    created_at: float
+    updated_at: float
+    operation: str | None = None
+    transaction_time: float | None = None
+    read_retries: int = 0  # short retries spent waiting for the document to be readable
+    last_error: str | None = None
+    lease_owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What storing one delivery did."""
+
+    duplicate: bool = False  # the idempotency key was seen before: nothing written
+    queued: tuple[str, ...] = ()  # documents given a new pending job
+    coalesced: tuple[str, ...] = ()  # documents that already had one
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    document_id: str
+    attempts: int
+    last_error: str
+    failed_at: float
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    counts: dict[JobState, int]
+    oldest_pending_age: float | None
+    stored_assets: int
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """Exponential backoff with jitter; the default spans about an hour (11 attempts)."""
+
+    base: float = 10.0
+    factor: float = 2.0
+    maximum: float = 900.0
+    max_attempts: int = 11
+    jitter: float = 0.2  # each delay is scaled by a random factor in [1 - j, 1 + j]
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def nominal_delay(self, attempts: int) -> float:
+        """Delay after the ``attempts``-th failed attempt, before jitter."""
+        return float(min(self.maximum, self.base * self.factor ** max(0, attempts - 1)))
+
+    def delay(self, attempts: int) -> float:
+        return self.nominal_delay(attempts) * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+    def span(self) -> float:
+        """Seconds from the first attempt to the last, before jitter."""
+        return sum(self.nominal_delay(n) for n in range(1, self.max_attempts))
+
+
+class JobStore(Protocol):
+    """What the webhook endpoint, the worker and the operator commands need of storage."""
+
+    @property
+    def records(self) -> AssetRecords: ...
+
+    async def accept(
+        self, idempotency_key: str | None, events: Sequence[DocumentEvent], *, now: float
+    ) -> Accepted: ...
+
+    async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
+        """Queue documents (replay): coalesces, and clears their failed jobs."""
+        ...
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        max_attempts: int,
+        document_id: str | None = None,
+    ) -> Job | None:
+        """Take the next due job (of ``document_id`` only, when given), leased to ``owner``."""
+        ...
+
+    async def renew(self, job: Job, *, until: float) -> bool: ...
+
+    async def finish(self, job: Job, *, now: float, note: str | None = None) -> bool: ...
+
+    async def retry(
+        self, job: Job, *, now: float, run_after: float, error: str, read_retry: bool = False
+    ) -> bool: ...
+
+    async def fail(self, job: Job, *, now: float, error: str) -> bool: ...
+
+    async def release(self, job: Job, *, now: float) -> bool:
+        """Give a claimed job back unrun (shutdown): the attempt does not count."""
+        ...
+
+    async def failures(self) -> list[FailedJob]: ...
+
+    async def failed_document_ids(self) -> list[str]: ...
+
+    async def stats(self, *, now: float) -> StoreStats: ...
+
+    async def next_due(self) -> float | None:
+        """The earliest ``run_after`` of a pending job, or None."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def prune(self, *, before: float) -> None:
+        """Forget delivery keys older than ``before`` (Sanity retries for 30 minutes)."""
+        ...
+
+    async def close(self) -> None: ...

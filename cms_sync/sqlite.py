@@ -1,0 +1,434 @@
+"""The embedded job store: SQLite in WAL mode with ``synchronous=FULL``.
+
+Every transaction runs whole on one dedicated thread, so transactions never interleave
+within a process and the event loop never blocks on disk; other processes (an operator's
+``cms-sync replay`` beside ``cms-sync serve``) are serialised by SQLite's own locking,
+waiting up to ``busy_timeout``. A commit returns only once it is on disk, so a job the
+webhook acknowledged survives a crash of the process (or of the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cms_sync.deliveries import DocumentEvent
+from cms_sync.errors import ConfigError, StoreUnavailable
+from cms_sync.jobs import Accepted, FailedJob, Job, JobState, StoreStats
+from cms_sync.records import StoredAsset
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    idempotency_key TEXT PRIMARY KEY,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_received ON inbox (received_at);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_after REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    operation TEXT,
+    transaction_time REAL,
+    read_retries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_pending ON jobs (document_id) WHERE state = 'pending';
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running ON jobs (document_id) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, run_after);
+CREATE INDEX IF NOT EXISTS jobs_document ON jobs (document_id, state);
+
+CREATE TABLE IF NOT EXISTS assets (
+    asset_id TEXT PRIMARY KEY,
+    handle TEXT NOT NULL,
+    url TEXT NOT NULL,
+    size INTEGER,
+    mime_type TEXT,
+    stored_at REAL NOT NULL
+);
+"""
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        document_id=row["document_id"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        run_after=row["run_after"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        operation=row["operation"],
+        transaction_time=row["transaction_time"],
+        read_retries=row["read_retries"],
+        last_error=row["last_error"],
+        lease_owner=row["lease_owner"],
+    )
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise ConfigError(f"CMS_SYNC_DATABASE: {path} cannot use WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"CMS_SYNC_DATABASE: {path} has schema {version}, newer than this cms-sync knows"
+        )
+    conn.executescript(_SCHEMA)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return conn
+
+
+class SQLiteAssetRecords:
+    """Stored-asset records in the job store's database (durable across runs)."""
+
+    def __init__(self, store: SQLiteJobStore) -> None:
+        self._store = store
+
+    async def get(self, asset_id: str) -> StoredAsset | None:
+        def read(conn: sqlite3.Connection) -> StoredAsset | None:
+            row = conn.execute(
+                "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = ?",
+                (asset_id,),
+            ).fetchone()
+            return None if row is None else StoredAsset(*row)
+
+        return await self._store.run(read)
+
+    async def put(self, record: StoredAsset) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO assets (asset_id, handle, url, size, mime_type, stored_at) "
+                "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now')) "
+                "ON CONFLICT (asset_id) DO UPDATE SET handle = excluded.handle, "
+                "url = excluded.url, size = excluded.size, mime_type = excluded.mime_type, "
+                "stored_at = excluded.stored_at",
+                (record.asset_id, record.handle, record.url, record.size, record.mime_type),
+            )
+
+        await self._store.run(write)
+
+
+class SQLiteJobStore:
+    """:class:`~cms_sync.jobs.JobStore` on one SQLite file."""
+
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        self._conn = conn
+        self._executor = executor
+        self._records = SQLiteAssetRecords(self)
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SQLiteJobStore:
+        """Open (creating if needed) the database at ``path``.
+
+        Raises:
+            ConfigError: the file cannot be opened or is not a cms-sync database.
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cms-sync-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, _connect, path, busy_timeout)
+        except sqlite3.Error as exc:
+            executor.shutdown(wait=False)
+            raise ConfigError(f"CMS_SYNC_DATABASE: cannot open {path}: {exc}") from None
+        except ConfigError:
+            executor.shutdown(wait=False)
+            raise
+        return cls(conn, executor)
+
+    @property
+    def records(self) -> SQLiteAssetRecords:
+        return self._records
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the store's thread; SQLite errors become :class:`StoreUnavailable`."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, self._conn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"job store: {exc}") from exc
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def wrapped(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self.run(wrapped)
+
+    # -- deliveries and queueing ------------------------------------------------------
+    async def accept(
+        self, idempotency_key: str | None, events: Sequence[DocumentEvent], *, now: float
+    ) -> Accepted:
+        def write(conn: sqlite3.Connection) -> Accepted:
+            if idempotency_key is not None:
+                inserted = conn.execute(
+                    "INSERT INTO inbox (idempotency_key, received_at) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (idempotency_key, now),
+                ).rowcount
+                if not inserted:
+                    return Accepted(duplicate=True)
+            return _queue(conn, events, now=now, clear_failed=False)
+
+        return await self._transaction(write)
+
+    async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
+        events = [DocumentEvent(doc_id) for doc_id in dict.fromkeys(document_ids)]
+        return await self._transaction(
+            lambda conn: _queue(conn, events, now=now, clear_failed=True)
+        )
+
+    # -- the worker's side ------------------------------------------------------------
+    async def claim(
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        max_attempts: int,
+        document_id: str | None = None,
+    ) -> Job | None:
+        def write(conn: sqlite3.Connection) -> Job | None:
+            _recover_expired(conn, now=now, max_attempts=max_attempts)
+            row = conn.execute(
+                "SELECT id FROM jobs AS j WHERE state = 'pending' AND run_after <= :now "
+                "AND (:doc IS NULL OR document_id = :doc) "
+                "AND NOT EXISTS (SELECT 1 FROM jobs AS r "
+                "  WHERE r.document_id = j.document_id AND r.state = 'running') "
+                "ORDER BY run_after, id LIMIT 1",
+                {"now": now, "doc": document_id},
+            ).fetchone()
+            if row is None:
+                return None
+            claimed = conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, "
+                "lease_until = ?, updated_at = ? WHERE id = ? RETURNING *",
+                (owner, now + lease, now, row["id"]),
+            ).fetchone()
+            return _job(claimed)
+
+        return await self._transaction(write)
+
+    async def renew(self, job: Job, *, until: float) -> bool:
+        return await self._owned_update(job, "lease_until = ?", (until,))
+
+    async def finish(self, job: Job, *, now: float, note: str | None = None) -> bool:
+        return await self._conclude(job, JobState.DONE, note, now=now)
+
+    async def retry(
+        self, job: Job, *, now: float, run_after: float, error: str, read_retry: bool = False
+    ) -> bool:
+        return await self._back_to_pending(
+            job,
+            "run_after = ?, last_error = ?, updated_at = ?, read_retries = read_retries + ?",
+            (run_after, error, now, int(read_retry)),
+        )
+
+    async def release(self, job: Job, *, now: float) -> bool:
+        return await self._back_to_pending(
+            job, "attempts = max(attempts - 1, 0), run_after = ?, updated_at = ?", (now, now)
+        )
+
+    async def fail(self, job: Job, *, now: float, error: str) -> bool:
+        return await self._conclude(job, JobState.FAILED, error, now=now)
+
+    async def _conclude(
+        self, job: Job, state: JobState, message: str | None, *, now: float
+    ) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            if not _update_owned(
+                conn,
+                job,
+                "state = ?, lease_owner = NULL, lease_until = NULL, last_error = ?, updated_at = ?",
+                (state.value, message, now),
+            ):
+                return False
+            # Only a document's latest outcome matters: a done job clears old failures.
+            conn.execute(
+                "DELETE FROM jobs WHERE document_id = ? AND id != ? "
+                "AND state IN ('done', 'failed')",
+                (job.document_id, job.id),
+            )
+            return True
+
+        return await self._transaction(write)
+
+    async def _back_to_pending(self, job: Job, assignments: str, params: tuple[Any, ...]) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            newer = conn.execute(
+                "SELECT 1 FROM jobs WHERE document_id = ? AND state = 'pending'",
+                (job.document_id,),
+            ).fetchone()
+            if newer is not None:
+                # A delivery arrived meanwhile and its pending job covers this one.
+                return bool(
+                    conn.execute(
+                        "DELETE FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                        (job.id, job.lease_owner),
+                    ).rowcount
+                )
+            return _update_owned(
+                conn,
+                job,
+                f"state = 'pending', lease_owner = NULL, lease_until = NULL, {assignments}",
+                params,
+            )
+
+        return await self._transaction(write)
+
+    async def _owned_update(self, job: Job, assignments: str, params: tuple[Any, ...]) -> bool:
+        return await self._transaction(lambda conn: _update_owned(conn, job, assignments, params))
+
+    # -- operators --------------------------------------------------------------------
+    async def failures(self) -> list[FailedJob]:
+        def read(conn: sqlite3.Connection) -> list[FailedJob]:
+            rows = conn.execute(
+                "SELECT document_id, attempts, last_error, updated_at FROM jobs "
+                "WHERE state = 'failed' ORDER BY updated_at DESC, id DESC"
+            ).fetchall()
+            latest: dict[str, FailedJob] = {}
+            for r in rows:
+                latest.setdefault(r[0], FailedJob(r[0], r[1], r[2] or "", r[3]))
+            return list(latest.values())
+
+        return await self.run(read)
+
+    async def failed_document_ids(self) -> list[str]:
+        return [failure.document_id for failure in await self.failures()]
+
+    async def stats(self, *, now: float) -> StoreStats:
+        def read(conn: sqlite3.Connection) -> StoreStats:
+            counts = {state: 0 for state in JobState}
+            for state, count in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+                counts[JobState(state)] = count
+            oldest = conn.execute(
+                "SELECT min(created_at) FROM jobs WHERE state = 'pending'"
+            ).fetchone()[0]
+            assets = conn.execute("SELECT count(*) FROM assets").fetchone()[0]
+            return StoreStats(
+                counts=counts,
+                oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+                stored_assets=assets,
+            )
+
+        return await self.run(read)
+
+    async def next_due(self) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            due = conn.execute(
+                "SELECT min(run_after) FROM jobs WHERE state = 'pending'"
+            ).fetchone()[0]
+            lease = conn.execute(
+                "SELECT min(lease_until) FROM jobs WHERE state = 'running'"
+            ).fetchone()[0]
+            times = [t for t in (due, lease) if t is not None]
+            return min(times) if times else None
+
+        return await self.run(read)
+
+    async def ping(self) -> None:
+        await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def prune(self, *, before: float) -> None:
+        await self._transaction(
+            lambda conn: conn.execute("DELETE FROM inbox WHERE received_at < ?", (before,))
+        )
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
+
+
+def _update_owned(
+    conn: sqlite3.Connection, job: Job, assignments: str, params: tuple[Any, ...]
+) -> bool:
+    """Update a running job only while ``job.lease_owner`` still holds it."""
+    return bool(
+        conn.execute(
+            f"UPDATE jobs SET {assignments} "  # noqa: S608 - assignments are ours, values bound
+            "WHERE id = ? AND state = 'running' AND lease_owner = ?",
+            (*params, job.id, job.lease_owner),
+        ).rowcount
+    )
+
+
+def _queue(
+    conn: sqlite3.Connection, events: Sequence[DocumentEvent], *, now: float, clear_failed: bool
+) -> Accepted:
+    queued: list[str] = []
+    coalesced: list[str] = []
+    for event in events:
+        if clear_failed:
+            conn.execute(
+                "DELETE FROM jobs WHERE document_id = ? AND state = 'failed'", (event.document_id,)
+            )
+        updated = conn.execute(
+            "UPDATE jobs SET run_after = min(run_after, :now), updated_at = :now, "
+            "read_retries = 0, operation = coalesce(:op, operation), "
+            "transaction_time = CASE WHEN :tt IS NULL THEN transaction_time "
+            "  WHEN transaction_time IS NULL THEN :tt ELSE max(transaction_time, :tt) END, "
+            "attempts = CASE WHEN :reset THEN 0 ELSE attempts END "
+            "WHERE document_id = :doc AND state = 'pending'",
+            {
+                "now": now,
+                "op": event.operation,
+                "tt": event.transaction_time,
+                "reset": clear_failed,
+                "doc": event.document_id,
+            },
+        ).rowcount
+        if updated:
+            coalesced.append(event.document_id)
+            continue
+        conn.execute(
+            "INSERT INTO jobs (document_id, state, run_after, operation, transaction_time, "
+            "created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?)",
+            (event.document_id, now, event.operation, event.transaction_time, now, now),
+        )
+        queued.append(event.document_id)
+    return Accepted(queued=tuple(queued), coalesced=tuple(coalesced))
+
+
+def _recover_expired(conn: sqlite3.Connection, *, now: float, max_attempts: int) -> None:
+    """Running jobs whose lease ran out (their worker died) become runnable again."""
+    conn.execute(
+        "DELETE FROM jobs WHERE state = 'running' AND lease_until < ? AND EXISTS ("
+        "  SELECT 1 FROM jobs AS p WHERE p.document_id = jobs.document_id AND p.state = 'pending')",
+        (now,),
+    )
+    conn.execute(
+        "UPDATE jobs SET "
+        "state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, "
+        "last_error = CASE WHEN attempts >= ? "
+        "  THEN 'gave up after ' || attempts || ' attempts; the last one never finished "
+        "(worker stopped or crashed)' "
+        "  ELSE 'lease expired: the worker stopped or crashed' END, "
+        "lease_owner = NULL, lease_until = NULL, run_after = ?, updated_at = ? "
+        "WHERE state = 'running' AND lease_until < ?",
+        (max_attempts, max_attempts, now, now, now),
+    )

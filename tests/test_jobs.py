@@ -1,0 +1,240 @@
+"""Contract tests of the job store; every implementation must pass them (only SQLite so far)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from cms_sync.deliveries import DocumentEvent
+from cms_sync.jobs import Job, JobState, JobStore, RetrySchedule
+from cms_sync.records import StoredAsset
+from cms_sync.sqlite import SQLiteJobStore
+
+pytestmark = pytest.mark.anyio
+
+LEASE, MAX = 30.0, 3
+Opener = Callable[[], Awaitable[JobStore]]
+
+
+@pytest.fixture(params=["sqlite"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    async def open_sqlite() -> JobStore:
+        return await SQLiteJobStore.open(tmp_path / "jobs.db")
+
+    return {"sqlite": open_sqlite}[request.param]
+
+
+@pytest.fixture
+async def store(opener: Opener) -> AsyncIterator[JobStore]:
+    store = await opener()
+    yield store
+    await store.close()
+
+
+def ev(doc_id: str, tt: float | None = None, op: str | None = "update") -> DocumentEvent:
+    return DocumentEvent(doc_id, op, tt)
+
+
+async def claim(store: JobStore, now: float = 0.0, owner: str = "w1", **kw: object) -> Job | None:
+    return await store.claim(owner=owner, now=now, lease=LEASE, max_attempts=MAX, **kw)  # type: ignore[arg-type]
+
+
+async def test_accept_queues_and_a_repeated_key_writes_nothing(store: JobStore) -> None:
+    first = await store.accept("key-1", [ev("a"), ev("b")], now=0)
+    assert first.queued == ("a", "b") and not first.duplicate
+    again = await store.accept("key-1", [ev("c")], now=1)
+    assert again.duplicate and again.queued == ()
+    assert (await store.stats(now=1)).counts[JobState.PENDING] == 2
+
+
+async def test_deliveries_for_a_pending_document_coalesce(store: JobStore) -> None:
+    await store.accept("k1", [ev("a", tt=100.0)], now=0)
+    second = await store.accept("k2", [ev("a", tt=90.0)], now=1)
+    third = await store.accept(None, [ev("a", tt=120.0)], now=2)
+    assert second.coalesced == ("a",) and third.coalesced == ("a",)
+    job = await claim(store, now=3)
+    assert job is not None and job.transaction_time == 120.0
+    assert await claim(store, now=3) is None
+
+
+async def test_at_most_one_running_job_per_document(store: JobStore) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    running = await claim(store)
+    await store.accept("k2", [ev("a")], now=1)  # a new pending job while the first runs
+    assert running is not None
+    assert await claim(store, now=2, owner="w2") is None
+    assert await store.finish(running, now=3)
+    follow_up = await claim(store, now=4, owner="w2")
+    assert follow_up is not None and follow_up.id != running.id
+
+
+async def test_expired_lease_makes_the_job_runnable_and_the_old_owner_loses_it(
+    store: JobStore,
+) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    crashed = await claim(store, now=0, owner="dead")
+    assert crashed is not None
+    assert await claim(store, now=LEASE - 1, owner="w2") is None
+    retaken = await claim(store, now=LEASE + 1, owner="w2")
+    assert retaken is not None and (retaken.id, retaken.attempts) == (crashed.id, 2)
+    assert not await store.finish(crashed, now=LEASE + 2)  # the lease is gone
+    assert await store.finish(retaken, now=LEASE + 3)
+
+
+async def test_renewed_lease_is_kept(store: JobStore) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    job = await claim(store, now=0)
+    assert job is not None and await store.renew(job, until=LEASE * 3)
+    assert await claim(store, now=LEASE * 2, owner="w2") is None
+
+
+async def test_a_job_whose_every_run_died_ends_failed(store: JobStore) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    now = 0.0
+    for _ in range(MAX):
+        assert await claim(store, now=now, owner=f"w{now}") is not None
+        now += LEASE + 1
+    assert await claim(store, now=now) is None
+    (failure,) = await store.failures()
+    assert failure.document_id == "a" and failure.attempts == MAX
+    assert "never finished" in failure.last_error
+
+
+async def test_retry_waits_until_run_after(store: JobStore) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    job = await claim(store)
+    assert job is not None
+    assert await store.retry(job, now=1, run_after=60, error="Filestack: HTTP 503")
+    assert await claim(store, now=59) is None
+    again = await claim(store, now=60)
+    assert again is not None and again.attempts == 2 and again.last_error == "Filestack: HTTP 503"
+
+
+async def test_retry_defers_to_a_newer_pending_job(store: JobStore) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    job = await claim(store)
+    await store.accept("k2", [ev("a")], now=1)
+    assert job is not None and await store.retry(job, now=2, run_after=500, error="x")
+    newer = await claim(store, now=3)
+    assert newer is not None and newer.id != job.id and newer.attempts == 1
+    assert (await store.stats(now=3)).counts[JobState.PENDING] == 0
+
+
+async def test_read_retries_are_counted(store: JobStore) -> None:
+    await store.accept("k", [ev("a", tt=5.0)], now=0)
+    job = await claim(store)
+    assert job is not None
+    await store.retry(job, now=1, run_after=1, error="stale", read_retry=True)
+    again = await claim(store, now=1)
+    assert again is not None and again.read_retries == 1
+
+
+async def test_release_gives_the_attempt_back(store: JobStore) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    job = await claim(store)
+    assert job is not None and await store.release(job, now=1)
+    again = await claim(store, now=1)
+    assert again is not None and again.attempts == 1
+
+
+async def test_failures_replay_and_recovery(store: JobStore) -> None:
+    await store.accept("k", [ev("a"), ev("b")], now=0)
+    for now in (1, 2):
+        job = await claim(store, now=now)
+        assert job is not None
+        await store.fail(job, now=now, error=f"refused {job.document_id}")
+    failures = await store.failures()
+    assert [(f.document_id, f.last_error) for f in failures] == [
+        ("b", "refused b"),
+        ("a", "refused a"),
+    ]
+
+    replayed = await store.enqueue(await store.failed_document_ids(), now=3)
+    assert set(replayed.queued) == {"a", "b"}
+    assert await store.failures() == []
+    job = await claim(store, now=4)
+    assert job is not None and job.attempts == 1
+    await store.finish(job, now=5)
+    stats = await store.stats(now=5)
+    assert stats.counts[JobState.DONE] == 1 and stats.counts[JobState.PENDING] == 1
+
+
+async def test_a_later_success_clears_the_documents_failure(store: JobStore) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    job = await claim(store)
+    assert job is not None
+    await store.fail(job, now=1, error="refused")
+    await store.accept("k2", [ev("a")], now=2)  # the editor fixed it and published
+    fixed = await claim(store, now=3)
+    assert fixed is not None and await store.finish(fixed, now=4)
+    assert await store.failures() == []
+    assert (await store.stats(now=4)).counts == {
+        JobState.PENDING: 0,
+        JobState.RUNNING: 0,
+        JobState.DONE: 1,
+        JobState.FAILED: 0,
+    }
+
+
+async def test_stats_and_next_due(store: JobStore) -> None:
+    assert await store.next_due() is None
+    await store.accept("k", [ev("a")], now=10)
+    await store.accept("k2", [ev("b")], now=20)
+    await store.records.put(StoredAsset("image-1", "h", "u", 1, "image/png"))
+    stats = await store.stats(now=25)
+    assert stats.oldest_pending_age == 15 and stats.stored_assets == 1
+    assert await store.next_due() == 10
+
+
+async def test_claim_of_one_document(store: JobStore) -> None:
+    await store.accept("k", [ev("a"), ev("b")], now=0)
+    job = await claim(store, document_id="b")
+    assert job is not None and job.document_id == "b"
+
+
+async def test_everything_survives_reopening(opener: Opener) -> None:
+    first = await opener()
+    await first.accept("k", [ev("a", tt=7.0, op="create")], now=1)
+    await first.records.put(StoredAsset("image-1", "H", "https://cdn/H", 10, "image/png"))
+    await first.close()
+    second = await opener()
+    try:
+        assert (await second.accept("k", [ev("z")], now=2)).duplicate
+        job = await claim(second, now=3)
+        assert job is not None and (job.document_id, job.operation, job.transaction_time) == (
+            "a",
+            "create",
+            7.0,
+        )
+        assert await second.records.get("image-1") == StoredAsset(
+            "image-1", "H", "https://cdn/H", 10, "image/png"
+        )
+        assert await second.records.get("image-2") is None
+    finally:
+        await second.close()
+
+
+async def test_prune_forgets_old_delivery_keys(store: JobStore) -> None:
+    await store.accept("old", [ev("a")], now=0)
+    await store.accept("new", [ev("b")], now=100)
+    await store.prune(before=50)
+    assert not (await store.accept("old", [ev("a")], now=101)).duplicate
+    assert (await store.accept("new", [ev("b")], now=101)).duplicate
+
+
+def test_default_schedule_spans_about_an_hour() -> None:
+    schedule = RetrySchedule()
+    assert [schedule.nominal_delay(n) for n in range(1, 5)] == [10, 20, 40, 80]
+    assert schedule.nominal_delay(20) == 900
+    assert 50 * 60 <= schedule.span() <= 75 * 60
+    assert not schedule.exhausted(10) and schedule.exhausted(11)
+
+
+def test_jitter_stays_within_its_band() -> None:
+    schedule = RetrySchedule(rng=random.Random(7))
+    delays = [schedule.delay(3) for _ in range(200)]
+    assert all(32 <= d <= 48 for d in delays)
+    assert len({round(d, 3) for d in delays}) > 100
