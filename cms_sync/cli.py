@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import time
 from collections.abc import Sequence
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
-from cms_sync import __version__, filestack, sanity
+from cms_sync import __version__
+from cms_sync.app import create_app, worker_options
 from cms_sync.errors import (
     AuthenticationError,
     CmsSyncError,
     ConfigError,
     ConnectError,
 )
+from cms_sync.jobs import JobState
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
-from cms_sync.records import MemoryAssetRecords
-from cms_sync.retry import RetryPolicy
 from cms_sync.settings import Settings, load_settings
-from cms_sync.sync import Syncer, SyncReport
+from cms_sync.sqlite import SQLiteJobStore
+from cms_sync.sync import SyncReport, open_syncer
+from cms_sync.worker import Worker
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -110,45 +115,188 @@ async def run_sync(
     out: TextIO,
 ) -> int:
     failed = 0
-    async with (
-        sanity.http_client(settings) as sanity_http,
-        filestack.http_client(settings) as filestack_http,
-    ):
-        retry = RetryPolicy(
-            attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
-        )
-        syncer = Syncer(
-            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset, retry=retry),
-            filestack=filestack.FilestackClient.from_settings(
-                filestack_http, settings, retry=retry
-            ),
-            mapping=mapping,
-            allowed_hosts=settings.cms_sync_allowed_asset_hosts,
-            records=MemoryAssetRecords(),
-            store_concurrency=settings.cms_sync_store_concurrency,
-            max_replans=settings.cms_sync_max_replans,
-        )
-        for document_id in dict.fromkeys(document_ids):
-            problem = _usable_id(document_id)
+    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    try:
+        async with open_syncer(settings, mapping, store.records) as syncer:
+            for document_id in dict.fromkeys(document_ids):
+                problem = _usable_id(document_id)
+                if problem is not None:
+                    print(f"{document_id}: error: {problem}", file=out, flush=True)
+                    failed += 1
+                    continue
+                report = await syncer.sync(document_id, dry_run=dry_run)
+                show_plan = dry_run and report.error is None
+                print(
+                    "\n".join(format_plan(report) if show_plan else [format_report(report)]),
+                    file=out,
+                    flush=True,
+                )
+                blocked = report.plan is not None and report.plan.count(Action.BLOCKED) > 0
+                if not report.ok or (dry_run and blocked):
+                    failed += 1
+    finally:
+        await store.close()
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+async def run_replay(
+    settings: Settings,
+    mapping: MediaMapping,
+    document_ids: Sequence[str],
+    *,
+    all_failed: bool,
+    now: bool,
+    out: TextIO,
+) -> int:
+    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    try:
+        ids = list(document_ids)
+        if all_failed:
+            ids += await store.failed_document_ids()
+        ids = [doc_id for doc_id in dict.fromkeys(ids)]
+        if not ids:
+            print("no failed documents to replay", file=out)
+            return EXIT_OK
+        unusable = {doc_id: _usable_id(doc_id) for doc_id in ids}
+        for doc_id, problem in unusable.items():
             if problem is not None:
-                print(f"{document_id}: error: {problem}", file=out, flush=True)
+                print(f"{doc_id}: error: {problem}", file=out)
+        ids = [doc_id for doc_id, problem in unusable.items() if problem is None]
+        await store.enqueue(ids, now=time.time())
+        if not now:
+            print(f"queued {len(ids)}: {', '.join(ids)}", file=out)
+            return EXIT_OK if len(ids) == len(unusable) else EXIT_FAILED
+        return await _replay_now(settings, mapping, store, ids, out=out) or (
+            EXIT_OK if len(ids) == len(unusable) else EXIT_FAILED
+        )
+    finally:
+        await store.close()
+
+
+async def _replay_now(
+    settings: Settings,
+    mapping: MediaMapping,
+    store: SQLiteJobStore,
+    document_ids: Sequence[str],
+    *,
+    out: TextIO,
+) -> int:
+    failed = 0
+    async with open_syncer(settings, mapping, store.records) as syncer:
+        worker = Worker(store, syncer, worker_options(settings))
+        for document_id in document_ids:
+            job = await worker.claim_document(document_id)
+            report = None if job is None else await worker.execute(job)
+            if report is None:
+                print(f"{document_id}: error: a worker is running it right now", file=out)
                 failed += 1
                 continue
-            report = await syncer.sync(document_id, dry_run=dry_run)
-            lines = (
-                format_plan(report) if dry_run and report.error is None else [format_report(report)]
-            )
-            print("\n".join(lines), file=out, flush=True)
-            blocked = report.plan is not None and report.plan.count(Action.BLOCKED) > 0
-            if not report.ok or (dry_run and blocked):
-                failed += 1
+            print(format_report(report), file=out, flush=True)
+            failed += 0 if report.ok else 1
     return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+async def run_failures(settings: Settings, *, as_json: bool, out: TextIO) -> int:
+    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    try:
+        failures = await store.failures()
+    finally:
+        await store.close()
+    if as_json:
+        rows = [
+            {
+                "document_id": f.document_id,
+                "attempts": f.attempts,
+                "last_error": f.last_error,
+                "failed_at": _iso(f.failed_at),
+            }
+            for f in failures
+        ]
+        print(json.dumps(rows, indent=2), file=out)
+    elif not failures:
+        print("no failed documents", file=out)
+    else:
+        for f in failures:
+            print(
+                f"{f.document_id}\t{f.attempts} attempts\t{_iso(f.failed_at)}\t{f.last_error}",
+                file=out,
+            )
+    return EXIT_OK
+
+
+async def run_status(settings: Settings, *, as_json: bool, out: TextIO) -> int:
+    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    try:
+        stats = await store.stats(now=time.time())
+    finally:
+        await store.close()
+    data: dict[str, Any] = {
+        "jobs": {state.value: stats.counts[state] for state in JobState},
+        "oldest_pending_age_seconds": stats.oldest_pending_age,
+        "stored_assets": stats.stored_assets,
+    }
+    if as_json:
+        print(json.dumps(data, indent=2), file=out)
+    else:
+        jobs = ", ".join(f"{state} {count}" for state, count in data["jobs"].items())
+        age = stats.oldest_pending_age
+        oldest = "-" if age is None else f"{age:.0f} s"
+        print(
+            f"jobs: {jobs}; oldest pending: {oldest}; stored assets: {stats.stored_assets}",
+            file=out,
+        )
+    return EXIT_OK
 
 
 def _cmd_sync(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
     return asyncio.run(
         run_sync(settings, mapping, args.document_ids, dry_run=args.dry_run, out=sys.stdout)
     )
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+    import uvicorn
+
+    app = create_app(settings, mapping=mapping, verify_signatures=not args.insecure_skip_signature)
+    config = uvicorn.Config(
+        app,
+        host=args.host or settings.cms_sync_host,
+        port=settings.cms_sync_port if args.port is None else args.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+    if not args.document_ids and not args.all_failed:
+        raise ConfigError("replay needs DOC_ID... or --all-failed")
+    return asyncio.run(
+        run_replay(
+            settings,
+            mapping,
+            args.document_ids,
+            all_failed=args.all_failed,
+            now=args.now,
+            out=sys.stdout,
+        )
+    )
+
+
+def _cmd_failures(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+    return asyncio.run(run_failures(settings, as_json=args.json, out=sys.stdout))
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+    return asyncio.run(run_status(settings, as_json=args.json, out=sys.stdout))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cms-sync {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     sync = commands.add_parser(
         "sync",
         help="sync documents now: store their media in Filestack and patch the handles back",
@@ -170,6 +319,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the plan; call neither Filestack nor the mutate API",
     )
     sync.set_defaults(func=_cmd_sync)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the webhook service and its worker",
+        description="Receive Sanity webhooks on POST /webhooks/sanity and sync in the background.",
+    )
+    serve.add_argument("--host", help="address to listen on (default CMS_SYNC_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default CMS_SYNC_PORT, 8080)")
+    serve.add_argument(
+        "--insecure-skip-signature",
+        action="store_true",
+        help="accept unsigned deliveries: local experiments only, never in production",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    failures = commands.add_parser("failures", help="list documents whose sync failed")
+    failures.add_argument("--json", action="store_true", help="print JSON")
+    failures.set_defaults(func=_cmd_failures)
+
+    replay = commands.add_parser(
+        "replay",
+        help="queue documents again (the running service picks them up)",
+        description="Queue documents again; --now runs them here and reports like sync.",
+    )
+    replay.add_argument("document_ids", nargs="*", metavar="DOC_ID")
+    replay.add_argument("--all-failed", action="store_true", help="every failed document")
+    replay.add_argument("--now", action="store_true", help="run them in the foreground")
+    replay.set_defaults(func=_cmd_replay)
+
+    status = commands.add_parser("status", help="job counts, oldest pending age, stored assets")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 
@@ -184,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level=settings.cms_sync_log_level, fmt=settings.cms_sync_log_format)
     try:
         code: int = args.func(args, settings, mapping)
+    except ConfigError as exc:
+        print(f"cms-sync: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("cms-sync: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ CmsSyncError
 │   ├── SignatureError           missing, malformed or wrong signature (401)
 │   └── MalformedDelivery        not JSON, or no document id (400)
 ├── StoreUnavailable             the job store cannot be read or written (503)
+├── InternalError                a bug surfaced while running a job (retried, then failed)
 ├── TransportError               no usable HTTP response; the request may have been sent
 │   ├── ConnectError             the request was never sent (connect refused/timed out, pool full)
 │   └── ResponseTimeout          sent, but no answer in time
@@ -86,6 +87,10 @@ class MalformedDelivery(WebhookError):
 
 class StoreUnavailable(CmsSyncError):
     """The job store could not be read or written."""
+
+
+class InternalError(CmsSyncError):
+    """An unexpected exception inside a job: a bug, recorded rather than fatal."""
 
 
 class TransportError(CmsSyncError):

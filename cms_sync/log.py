@@ -33,7 +33,10 @@ def redact_secrets(
 def configure_logging(
     *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
 ) -> None:
-    """Configure structlog for the process (call once, from the entry point)."""
+    """Configure structlog, and route stdlib logging (uvicorn) through the same renderer.
+
+    Call once, from the entry point.
+    """
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -41,15 +44,27 @@ def configure_logging(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
-            renderer,
-        ],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(_LEVELS[level])
+    # One line per HTTP request is noise next to our own events.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

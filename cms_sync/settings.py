@@ -58,6 +58,25 @@ class Settings(BaseSettings):
     cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
     #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
     cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
+    # -- the webhook service (cms-sync serve) ------------------------------------------
+    sanity_webhook_secret: SecretStr | None = None
+    cms_sync_database: Path = Path("cms-sync.db")
+    cms_sync_host: str = "127.0.0.1"
+    cms_sync_port: int = Field(default=8080, ge=0, le=65535)
+    cms_sync_webhook_max_body: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Refuse signatures older than this many seconds; off by default (Sanity retries for
+    #: 30 minutes and may not re-sign).
+    cms_sync_webhook_tolerance: float | None = Field(default=None, gt=0)
+    cms_sync_workers: int = Field(default=4, ge=1, le=64)
+    cms_sync_job_lease: float = Field(default=60.0, ge=1, le=3600)
+    cms_sync_job_max_attempts: int = Field(default=11, ge=1, le=100)
+    cms_sync_job_backoff: float = Field(default=10.0, ge=0, le=3600)
+    cms_sync_job_backoff_max: float = Field(default=900.0, ge=0, le=86400)
+    cms_sync_read_retries: int = Field(default=3, ge=0, le=20)
+    cms_sync_read_retry_delay: float = Field(default=2.0, ge=0, le=300)
+    cms_sync_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    cms_sync_shutdown_grace: float = Field(default=25.0, ge=0, le=600)
+
     cms_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
     cms_sync_log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -81,9 +100,11 @@ class Settings(BaseSettings):
     def _process_url(cls, value: Any) -> Any:
         return _http_url(str(value))
 
-    @field_validator("filestack_app_secret", mode="before")
+    @field_validator(
+        "filestack_app_secret", "sanity_webhook_secret", "cms_sync_webhook_tolerance", mode="before"
+    )
     @classmethod
-    def _empty_secret(cls, value: Any) -> Any:
+    def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cms_sync_config", mode="before")

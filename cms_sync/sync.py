@@ -9,11 +9,17 @@ already in sync gets no mutation at all.
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import httpx
 import structlog
 
+from cms_sync import filestack, sanity
 from cms_sync.allowlist import AllowedHost
+from cms_sync.deliveries import parse_timestamp
 from cms_sync.document import Asset, parse_document
 from cms_sync.errors import (
     CmsSyncError,
@@ -21,6 +27,7 @@ from cms_sync.errors import (
     InvalidResponse,
     RevisionConflict,
     SlotBlocked,
+    StaleRead,
     UnmappedType,
 )
 from cms_sync.filestack import FilestackClient
@@ -29,7 +36,9 @@ from cms_sync.mapping import MediaMapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import Action, Plan, plan_document
 from cms_sync.records import AssetRecords, StoredAsset
+from cms_sync.retry import RetryPolicy
 from cms_sync.sanity import SanityClient
+from cms_sync.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -94,11 +103,15 @@ class Syncer:
         self._max_replans = max_replans
         self._inflight: dict[str, asyncio.Future[StoredAsset]] = {}
 
-    async def plan(self, document_id: str) -> Plan:
+    async def plan(self, document_id: str, *, not_before: float | None = None) -> Plan:
         """Fetch the published document and plan every media slot.
 
+        Args:
+            not_before: the delivery's transaction time (unix seconds); a document last
+                updated before it is a stale read.
+
         Raises:
-            DocumentNotFound, UnmappedType, TransportError, RemoteError.
+            DocumentNotFound, UnmappedType, StaleRead, TransportError, RemoteError.
         """
         result = await self._sanity.query(self._query.text, self._query.params(document_id))
         if result is None:
@@ -109,9 +122,16 @@ class Syncer:
         if doc_type not in self._mapping.types:
             raise UnmappedType(document_id, str(doc_type), self._mapping.type_names)
         document = parse_document(result, self._mapping)
+        if not_before is not None:
+            updated = parse_timestamp(document.updated_at)
+            # _updatedAt may have whole-second precision; the transaction time has ms.
+            if updated is None or updated < math.floor(not_before):
+                raise StaleRead(document_id, document.updated_at, not_before)
         return plan_document(document, self._allowed_hosts)
 
-    async def sync(self, document_id: str, *, dry_run: bool = False) -> SyncReport:
+    async def sync(
+        self, document_id: str, *, dry_run: bool = False, not_before: float | None = None
+    ) -> SyncReport:
         """Bring every media slot of the document into Filestack and patch it back.
 
         Errors of cms-sync's own hierarchy end up in the report; anything else is a bug
@@ -120,16 +140,16 @@ class Syncer:
         report = SyncReport(document_id=document_id)
         with structlog.contextvars.bound_contextvars(document_id=document_id):
             try:
-                await self._sync(report, dry_run=dry_run)
+                await self._sync(report, dry_run=dry_run, not_before=not_before)
             except CmsSyncError as exc:
                 report.error = exc
                 log.warning("sync_failed", error=str(exc), error_type=type(exc).__name__)
         return report
 
-    async def _sync(self, report: SyncReport, *, dry_run: bool) -> None:
+    async def _sync(self, report: SyncReport, *, dry_run: bool, not_before: float | None) -> None:
         made_here: set[str] = set()
         for attempt in range(self._max_replans + 1):
-            plan = await self.plan(report.document_id)
+            plan = await self.plan(report.document_id, not_before=not_before)
             report.plan, report.replans = plan, attempt
             if dry_run:
                 _tally(report, plan, _Resolution({}, {}), made_here)
@@ -203,6 +223,41 @@ class Syncer:
         await self._records.put(record)
         log.info("asset_stored", asset_id=asset.id, handle=record.handle, size=record.size)
         return record
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
+    )
+
+
+@asynccontextmanager
+async def open_syncer(
+    settings: Settings,
+    mapping: MediaMapping,
+    records: AssetRecords,
+    *,
+    retry: RetryPolicy | None = None,
+    sanity_transport: httpx.AsyncBaseTransport | None = None,
+    filestack_transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[Syncer]:
+    """A :class:`Syncer` with its two HTTP clients, closed on exit (transports for tests)."""
+    retry = retry or retry_policy(settings)
+    async with (
+        sanity.http_client(settings, transport=sanity_transport) as sanity_http,
+        filestack.http_client(settings, transport=filestack_transport) as filestack_http,
+    ):
+        yield Syncer(
+            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset, retry=retry),
+            filestack=filestack.FilestackClient.from_settings(
+                filestack_http, settings, retry=retry
+            ),
+            mapping=mapping,
+            allowed_hosts=settings.cms_sync_allowed_asset_hosts,
+            records=records,
+            store_concurrency=settings.cms_sync_store_concurrency,
+            max_replans=settings.cms_sync_max_replans,
+        )
 
 
 def _filename(asset: Asset) -> str | None:

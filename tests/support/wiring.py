@@ -9,12 +9,11 @@ from typing import Any
 
 import httpx
 
-from cms_sync import filestack, sanity
 from cms_sync.mapping import default_mapping
-from cms_sync.records import MemoryAssetRecords
+from cms_sync.records import AssetRecords, MemoryAssetRecords
 from cms_sync.retry import RetryPolicy
 from cms_sync.settings import Settings
-from cms_sync.sync import Syncer
+from cms_sync.sync import Syncer, open_syncer
 from fakes import FakeContentLake, FakeFilestack
 
 
@@ -49,21 +48,15 @@ async def wired_syncer(
     fs: FakeFilestack,
     *,
     settings: Settings | None = None,
-    records: MemoryAssetRecords | None = None,
+    records: AssetRecords | None = None,
     retry: RetryPolicy | None = None,
 ) -> AsyncIterator[Syncer]:
-    settings = settings or make_settings()
-    retry = retry or no_wait_policy()
-    async with (
-        sanity.http_client(settings, transport=httpx.MockTransport(lake)) as sanity_http,
-        filestack.http_client(settings, transport=httpx.MockTransport(fs)) as fs_http,
-    ):
-        yield Syncer(
-            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset, retry=retry),
-            filestack=filestack.FilestackClient.from_settings(fs_http, settings, retry=retry),
-            mapping=default_mapping(),
-            allowed_hosts=settings.cms_sync_allowed_asset_hosts,
-            records=records or MemoryAssetRecords(),
-            store_concurrency=settings.cms_sync_store_concurrency,
-            max_replans=settings.cms_sync_max_replans,
-        )
+    async with open_syncer(
+        settings or make_settings(),
+        default_mapping(),
+        records or MemoryAssetRecords(),
+        retry=retry or no_wait_policy(),
+        sanity_transport=httpx.MockTransport(lake),
+        filestack_transport=httpx.MockTransport(fs),
+    ) as syncer:
+        yield syncer

@@ -1,0 +1,118 @@
+"""The webhook service: ``create_app(settings)`` builds the Starlette app.
+
+The lifespan owns every resource: the job store (unless one is handed in), the HTTP
+clients, the Syncer and the worker, which runs in the same process and is stopped
+gracefully on shutdown (uvicorn turns SIGTERM into that shutdown).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from cms_sync.errors import ConfigError
+from cms_sync.handlers.health import healthz, readyz
+from cms_sync.handlers.webhooks import sanity_webhook
+from cms_sync.jobs import JobStore, RetrySchedule
+from cms_sync.mapping import MediaMapping
+from cms_sync.retry import RetryPolicy
+from cms_sync.service import Service
+from cms_sync.settings import Settings
+from cms_sync.sqlite import SQLiteJobStore
+from cms_sync.sync import open_syncer
+from cms_sync.worker import Worker, WorkerOptions
+
+log = structlog.get_logger(__name__)
+
+
+def worker_options(settings: Settings) -> WorkerOptions:
+    return WorkerOptions(
+        concurrency=settings.cms_sync_workers,
+        lease=settings.cms_sync_job_lease,
+        poll_interval=settings.cms_sync_poll_interval,
+        shutdown_grace=settings.cms_sync_shutdown_grace,
+        read_retries=settings.cms_sync_read_retries,
+        read_retry_delay=settings.cms_sync_read_retry_delay,
+        schedule=RetrySchedule(
+            base=settings.cms_sync_job_backoff,
+            maximum=settings.cms_sync_job_backoff_max,
+            max_attempts=settings.cms_sync_job_max_attempts,
+        ),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    mapping: MediaMapping,
+    store: JobStore | None = None,
+    verify_signatures: bool = True,
+    start_worker: bool = True,
+    clock: Callable[[], float] = time.time,
+    retry: RetryPolicy | None = None,
+    sanity_transport: httpx.AsyncBaseTransport | None = None,
+    filestack_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """Build the service.
+
+    Raises:
+        ConfigError: ``SANITY_WEBHOOK_SECRET`` is missing while signatures are verified.
+    """
+    secret = settings.sanity_webhook_secret
+    if verify_signatures and secret is None:
+        raise ConfigError(
+            "SANITY_WEBHOOK_SECRET is required to verify deliveries "
+            "(--insecure-skip-signature turns verification off for local experiments only)"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        job_store = store or await SQLiteJobStore.open(settings.cms_sync_database)
+        try:
+            async with open_syncer(
+                settings,
+                mapping,
+                job_store.records,
+                retry=retry,
+                sanity_transport=sanity_transport,
+                filestack_transport=filestack_transport,
+            ) as syncer:
+                worker = Worker(job_store, syncer, worker_options(settings), clock=clock)
+                app.state.service = Service(
+                    store=job_store,
+                    worker=worker,
+                    mapping=mapping,
+                    webhook_secret=secret if verify_signatures else None,
+                    max_body=settings.cms_sync_webhook_max_body,
+                    signature_tolerance=settings.cms_sync_webhook_tolerance,
+                    clock=clock,
+                    worker_required=start_worker,
+                )
+                if not verify_signatures:
+                    log.warning(
+                        "signatures_not_verified",
+                        message="INSECURE: --insecure-skip-signature is set; anyone who can "
+                        "reach this port can queue syncs. Never run this way in production.",
+                    )
+                if start_worker:
+                    worker.start()
+                try:
+                    yield
+                finally:
+                    await worker.stop()
+        finally:
+            if store is None:
+                await job_store.close()
+
+    routes = [
+        Route("/webhooks/sanity", sanity_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

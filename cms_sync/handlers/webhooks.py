@@ -1,0 +1,95 @@
+"""``POST /webhooks/sanity``: verify, persist, acknowledge. The sync runs in the worker.
+
+Status codes follow Sanity's delivery rules: 2xx is done, 4xx (not 429) is dropped, 5xx is
+retried for up to 30 minutes. So: 202 once the job is on disk, 200 for a repeat or for a
+delivery with nothing to queue, 400/401/413 for deliveries that can never succeed, and
+503 only when the job store cannot be written, so that Sanity tries again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from cms_sync import signature
+from cms_sync.deliveries import parse_delivery
+from cms_sync.errors import MalformedDelivery, SignatureError, StoreUnavailable
+from cms_sync.service import Service
+
+log = structlog.get_logger(__name__)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def sanity_webhook(request: Request) -> JSONResponse:
+    service: Service = request.app.state.service
+    key = request.headers.get("idempotency-key")
+    with structlog.contextvars.bound_contextvars(delivery_id=key):
+        try:
+            body = await _read_body(request, service.max_body)
+        except _TooLarge:
+            log.warning("delivery_rejected", reason="body too large", limit=service.max_body)
+            return _error(413, f"body larger than {service.max_body} bytes")
+        except ClientDisconnect:
+            return _error(400, "client disconnected")
+        if service.webhook_secret is not None:
+            try:
+                signature.verify(
+                    request.headers.get(signature.HEADER),
+                    body,
+                    service.webhook_secret.get_secret_value(),
+                    tolerance=service.signature_tolerance,
+                    now=service.clock(),
+                )
+            except SignatureError as exc:
+                log.warning("delivery_rejected", reason=str(exc))
+                return _error(401, f"invalid signature: {exc}")
+        else:
+            log.warning("delivery_unverified", reason="--insecure-skip-signature")
+        try:
+            delivery = parse_delivery(body, request.headers, service.mapping)
+        except MalformedDelivery as exc:
+            log.warning("delivery_rejected", reason=str(exc))
+            return _error(400, str(exc))
+        ignored = [{"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored]
+        if not delivery.events:
+            log.info("delivery_ignored", ignored=ignored)
+            return JSONResponse({"status": "ignored", "ignored": ignored})
+        try:
+            accepted = await service.store.accept(key, delivery.events, now=service.clock())
+        except StoreUnavailable as exc:
+            log.error("delivery_not_stored", error=str(exc))
+            return _error(503, "job store unavailable; retry later")
+        if accepted.duplicate:
+            log.info("delivery_duplicate")
+            return JSONResponse({"status": "duplicate"})
+        service.worker.wake()
+        result: dict[str, Any] = {
+            "status": "queued",
+            "queued": list(accepted.queued),
+            "coalesced": list(accepted.coalesced),
+            "ignored": ignored,
+        }
+        log.info("delivery_queued", queued=result["queued"], coalesced=result["coalesced"])
+        return JSONResponse(result, status_code=202)

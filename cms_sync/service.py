@@ -1,0 +1,25 @@
+"""The resources of a running webhook service, owned by the app's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from cms_sync.jobs import JobStore
+from cms_sync.mapping import MediaMapping
+from cms_sync.worker import Worker
+
+
+@dataclass
+class Service:
+    store: JobStore
+    worker: Worker
+    mapping: MediaMapping
+    #: None only with ``--insecure-skip-signature``.
+    webhook_secret: SecretStr | None
+    max_body: int
+    signature_tolerance: float | None
+    clock: Callable[[], float]
+    worker_required: bool = True

@@ -1,0 +1,320 @@
+"""The worker: claims jobs from the store, runs the core sync, records the outcome.
+
+One dispatcher keeps up to ``concurrency`` jobs in flight. It wakes when the webhook
+queues something (``wake()``), when a job finishes, when the next retry falls due, and
+every ``poll_interval`` (jobs queued by another process). While a job runs its lease is
+renewed; if the process dies the lease runs out and another claim takes the job again.
+On stop it claims nothing more, lets running jobs finish within the grace period, and
+gives the rest back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from cms_sync.errors import (
+    AuthenticationError,
+    CmsSyncError,
+    DocumentNotFound,
+    InternalError,
+    InvalidResponse,
+    RevisionConflict,
+    StaleRead,
+    StoreUnavailable,
+    TransportError,
+    UnavailableError,
+    UnmappedType,
+)
+from cms_sync.jobs import Job, JobStore, RetrySchedule
+from cms_sync.sync import Syncer, SyncReport
+
+log = structlog.get_logger(__name__)
+
+#: Delivery keys are kept a week: Sanity retries a delivery for 30 minutes.
+INBOX_RETENTION = 7 * 24 * 3600.0
+_PRUNE_EVERY = 3600.0
+
+
+class Verdict(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"  # back off along the retry schedule
+    RETRY_SOON = "retry soon"  # the document is not readable yet: a short wait
+    FAIL = "fail"  # permanent: the dead-letter list
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    message: str | None = None
+
+
+def is_retryable(error: CmsSyncError) -> bool:
+    """Whether the same job may succeed later without anyone changing anything but time.
+
+    Credentials count as retryable: fixing them is a redeploy, after which the queued
+    jobs should simply go through.
+    """
+    return isinstance(
+        error,
+        TransportError
+        | UnavailableError
+        | InvalidResponse
+        | RevisionConflict
+        | AuthenticationError
+        | StoreUnavailable
+        | InternalError,
+    )
+
+
+def judge(report: SyncReport, job: Job, *, read_retries: int) -> Outcome:
+    """Decide what happens to a job after one sync. Pure."""
+    error = report.error
+    if error is not None:
+        message = str(error)
+        if isinstance(error, UnmappedType):
+            return Outcome(Verdict.DONE, f"ignored: {message}")
+        waiting_to_read = isinstance(error, StaleRead) or (
+            isinstance(error, DocumentNotFound) and job.operation in ("create", "update")
+        )
+        if waiting_to_read and job.read_retries < read_retries:
+            return Outcome(Verdict.RETRY_SOON, message)
+        return Outcome(Verdict.RETRY if is_retryable(error) else Verdict.FAIL, message)
+    if report.failures:
+        message = "; ".join(f"{f.slot}: {f.error}" for f in report.failures)
+        retry = any(is_retryable(f.error) for f in report.failures)
+        return Outcome(Verdict.RETRY if retry else Verdict.FAIL, message)
+    return Outcome(Verdict.DONE)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = 4
+    lease: float = 60.0
+    poll_interval: float = 1.0
+    shutdown_grace: float = 25.0
+    read_retries: int = 3
+    read_retry_delay: float = 2.0
+    schedule: RetrySchedule = field(default_factory=RetrySchedule)
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        syncer: Syncer,
+        options: WorkerOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+    ) -> None:
+        self._store = store
+        self._syncer = syncer
+        self._options = options or WorkerOptions()
+        self._clock = clock
+        self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[SyncReport | None]] = set()
+        self._last_prune = 0.0
+        #: Set while nothing is due and nothing runs (tests and health checks wait on it).
+        self.idle = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="cms-sync-dispatcher")
+
+    @property
+    def running(self) -> bool:
+        return self._dispatcher is not None and not self._dispatcher.done()
+
+    def wake(self) -> None:
+        """Something was queued: look for work now rather than at the next poll."""
+        self.idle.clear()
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; give running jobs the grace period; release the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._dispatcher is not None:
+            await self._dispatcher
+        if not self._tasks:
+            return
+        log.info("worker_stopping", in_flight=len(self._tasks))
+        _, late = await asyncio.wait(self._tasks, timeout=self._options.shutdown_grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    async def drain(self) -> int:
+        """Burst mode: run every job due now, until none is left; return how many ran."""
+        ran = 0
+        while True:
+            jobs: list[Job] = []
+            for _ in range(self._options.concurrency):
+                job = await self._claim()
+                if job is None:
+                    break
+                jobs.append(job)
+            if not jobs:
+                return ran
+            await asyncio.gather(*(self.execute(job) for job in jobs))
+            ran += len(jobs)
+
+    # -- the loop -----------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        log.info("worker_started", owner=self.owner, concurrency=self._options.concurrency)
+        while not self._stopping:
+            self._wake.clear()
+            if len(self._tasks) >= self._options.concurrency:
+                await self._wake.wait()
+                continue
+            try:
+                job = await self._claim()
+            except StoreUnavailable as exc:
+                log.error("claim_failed", error=str(exc))
+                await self._sleep(self._options.poll_interval)
+                continue
+            if job is None:
+                if not self._tasks:
+                    self.idle.set()
+                await self._maybe_prune()
+                await self._sleep(await self._until_next_due())
+                continue
+            self.idle.clear()
+            task = asyncio.create_task(self.execute(job), name=f"cms-sync-job-{job.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[SyncReport | None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _claim(self, document_id: str | None = None) -> Job | None:
+        return await self._store.claim(
+            owner=self.owner,
+            now=self._clock(),
+            lease=self._options.lease,
+            max_attempts=self._options.schedule.max_attempts,
+            document_id=document_id,
+        )
+
+    async def claim_document(self, document_id: str) -> Job | None:
+        """Claim the due job of one document (``replay --now``), if nobody runs it."""
+        return await self._claim(document_id)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+
+    async def _until_next_due(self) -> float:
+        poll = self._options.poll_interval
+        try:
+            due = await self._store.next_due()
+        except StoreUnavailable:
+            return poll
+        if due is None:
+            return poll
+        return min(poll, max(due - self._clock(), 0.01))
+
+    async def _maybe_prune(self) -> None:
+        now = self._clock()
+        if now - self._last_prune < _PRUNE_EVERY:
+            return
+        self._last_prune = now
+        try:
+            await self._store.prune(before=now - INBOX_RETENTION)
+        except StoreUnavailable as exc:
+            log.warning("prune_failed", error=str(exc))
+
+    # -- one job ------------------------------------------------------------------------
+    async def execute(self, job: Job) -> SyncReport | None:
+        """Run one claimed job and record its outcome; None when it was released unrun."""
+        with structlog.contextvars.bound_contextvars(
+            job_id=job.id, document_id=job.document_id, attempt=job.attempts
+        ):
+            heartbeat = asyncio.create_task(self._heartbeat(job))
+            try:
+                report = await self._run(job)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._release(job))
+                raise
+            finally:
+                heartbeat.cancel()
+            # Shielded: a shutdown must not cut the recording of a finished sync.
+            await asyncio.shield(self._record(job, report))
+            return report
+
+    async def _run(self, job: Job) -> SyncReport:
+        check_read = job.read_retries < self._options.read_retries
+        not_before = job.transaction_time if check_read else None
+        try:
+            return await self._syncer.sync(job.document_id, not_before=not_before)
+        except Exception as exc:  # a bug in one job must not stop the worker: record it
+            log.exception("job_crashed")
+            report = SyncReport(document_id=job.document_id)
+            report.error = InternalError(f"internal error: {exc!r}")
+            return report
+
+    async def _heartbeat(self, job: Job) -> None:
+        every = self._options.lease / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self._store.renew(job, until=self._clock() + self._options.lease):
+                    log.warning("lease_lost")
+                    return
+            except StoreUnavailable as exc:
+                log.warning("lease_renewal_failed", error=str(exc))
+
+    async def _release(self, job: Job) -> None:
+        try:
+            await self._store.release(job, now=self._clock())
+            log.info("job_released")
+        except StoreUnavailable as exc:
+            log.error("job_release_failed", error=str(exc))
+
+    async def _record(self, job: Job, report: SyncReport) -> None:
+        options = self._options
+        outcome = judge(report, job, read_retries=options.read_retries)
+        now = self._clock()
+        verdict, message = outcome.verdict, outcome.message or ""
+        if verdict is Verdict.RETRY and options.schedule.exhausted(job.attempts):
+            verdict, message = Verdict.FAIL, f"gave up after {job.attempts} attempts: {message}"
+        try:
+            if verdict is Verdict.DONE:
+                kept = await self._store.finish(job, now=now, note=outcome.message)
+                log.info(
+                    "job_done", stored=report.stored, reused=report.reused, note=outcome.message
+                )
+            elif verdict is Verdict.RETRY_SOON:
+                kept = await self._store.retry(
+                    job,
+                    now=now,
+                    run_after=now + options.read_retry_delay,
+                    error=message,
+                    read_retry=True,
+                )
+                log.info("job_waiting_for_document", error=message)
+            elif verdict is Verdict.RETRY:
+                delay = options.schedule.delay(job.attempts)
+                kept = await self._store.retry(job, now=now, run_after=now + delay, error=message)
+                log.warning("job_retry", error=message, delay=round(delay, 1))
+            else:
+                kept = await self._store.fail(job, now=now, error=message)
+                log.error("job_failed", error=message)
+        except StoreUnavailable as exc:
+            # The lease will run out and the job run again: the sync is idempotent.
+            log.error("job_outcome_lost", error=str(exc))
+            return
+        if not kept:
+            log.warning("lease_lost_before_outcome", verdict=verdict.value)
