@@ -58,11 +58,16 @@ class FakeContentLake:
     dataset: str = "production"
     mapping: MediaMapping = field(default_factory=default_mapping)
     queries: list[httpx.Request] = field(default_factory=list)
+    #: Every mutate request, applied or not.
     mutations: list[list[dict[str, Any]]] = field(default_factory=list)
+    #: The mutations that were applied (a 409 is not a commit).
+    commits: list[list[dict[str, Any]]] = field(default_factory=list)
     #: Responses served (once each, in order) before normal handling: inject failures.
     scripted: list[Handler] = field(default_factory=list)
     #: Called before each mutation is applied: simulate a concurrent editor.
     before_mutate: Callable[[FakeContentLake], None] | None = None
+    #: Called with the ids a committed transaction changed (as Sanity would fire webhooks).
+    on_commit: Callable[[list[dict[str, Any]]], None] | None = None
     _revs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -141,9 +146,24 @@ class FakeContentLake:
             self.touch(doc)
             results.append({"id": doc["_id"], "operation": "update"})
         self.documents = staged
+        self.commits.append(mutations)
+        if self.on_commit is not None:
+            self.on_commit([copy.deepcopy(staged[r["id"]]) for r in results])
         return _json(200, {"transactionId": f"tx{len(self.mutations)}", "results": results})
 
     # -- state ------------------------------------------------------------------------
+    def edit(self, doc_id: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """An editor's publish: one atomic change with a new revision, as Sanity makes it."""
+        with self._lock:
+            doc = copy.deepcopy(self.documents[doc_id])
+            change(doc)
+            self.touch(doc)
+            self.documents = {**self.documents, doc_id: doc}
+
+    def add(self, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self.documents = {**self.documents, doc["_id"]: doc}
+
     def touch(self, doc: dict[str, Any]) -> None:
         doc["_rev"] = f"rev{next(self._revs):06d}"
         doc["_updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -212,9 +232,18 @@ class FakeFilestack:
     refuse: set[str] = field(default_factory=set)
     scripted: list[Handler] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    #: When set, every store waits here until the event is set (sources listed in ``held``).
+    gate: threading.Event | None = None
+    held: list[str] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.gate is not None and not self.gate.is_set():
+            with self._lock:
+                self.held.append(json.loads(request.content)["sources"][0])
+                self.arrived.set()
+            self.gate.wait(timeout=60)
         with self._lock:
             if self.scripted:
                 return self.scripted.pop(0)(request)

@@ -53,12 +53,19 @@ def _request_handler(
     return _Adapter
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that died mid-request (the kill -9 test) is expected, not an error.
+        pass
+
+
 @contextmanager
 def serve(handler: Handler) -> Iterator[tuple[str, list[httpx.Request]]]:
     """Yield (base URL, requests received) while ``handler`` serves on an ephemeral port."""
     requests: list[httpx.Request] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _request_handler(handler, requests))
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), _request_handler(handler, requests))
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
     )

@@ -1,0 +1,394 @@
+"""Acceptance of the webhook service, run as ``cms-sync serve`` processes against both fakes.
+
+The service is an external process here, so where a test waits for it to finish work it
+polls the job store and the fakes with a deadline: there is no event to inject into
+another process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from process import ServeProcess, cms_sync
+
+from cms_sync import signature
+from fakes import FakeContentLake, FakeFilestack
+from servers import serve
+
+SECRET = "whsec-acceptance"
+TOKEN = "sk-test-token"
+
+
+def _asset(seed: str) -> dict[str, Any]:
+    digest = hashlib.sha1(seed.encode()).hexdigest()
+    return {
+        "_id": f"image-{digest}-800x600-jpg",
+        "_type": "sanity.imageAsset",
+        "url": f"https://cdn.sanity.io/images/cmsdemo/production/{digest}-800x600.jpg",
+        "originalFilename": f"{seed}.jpg",
+        "mimeType": "image/jpeg",
+        "size": 1000 + len(seed),
+        "extension": "jpg",
+    }
+
+
+def _image(asset: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"_type": "image", "asset": {"_type": "reference", "_ref": asset["_id"]}, **extra}
+
+
+def fifty_documents() -> list[dict[str, Any]]:
+    """25 products (main image + a 2-image gallery from a shared pool) and 25 posts."""
+    shared = [_asset(f"shared-{n}") for n in range(6)]
+    docs: list[dict[str, Any]] = [*shared]
+    for n in range(25):
+        main = _asset(f"product-{n}")
+        docs.append(main)
+        docs.append(
+            {
+                "_id": f"product-{n}",
+                "_type": "product",
+                "_rev": f"r{n}",
+                "_updatedAt": "2026-11-20T10:00:00Z",
+                "mainImage": _image(main),
+                "gallery": [
+                    _image(shared[n % 6], _key=f"g{n}a"),
+                    _image(shared[(n + 1) % 6], _key=f"g{n}b"),
+                ],
+            }
+        )
+    for n in range(25):
+        main = _asset(f"post-{n}")
+        docs.append(main)
+        docs.append(
+            {
+                "_id": f"post-{n}",
+                "_type": "post",
+                "_rev": f"q{n}",
+                "_updatedAt": "2026-11-20T10:00:00Z",
+                "mainImage": _image(main),
+            }
+        )
+    return docs
+
+
+def slots(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [doc["mainImage"], *doc.get("gallery", [])]
+
+
+@dataclass
+class Deliveries:
+    """Signs and posts deliveries the way Sanity does (a key per message, kept on retry)."""
+
+    url: str
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+    sent: int = 0
+    counter: int = 0
+
+    def message(self, body: dict[str, Any], **headers: str) -> tuple[bytes, dict[str, str]]:
+        self.counter += 1
+        raw = json.dumps(body).encode()
+        signed = {
+            "content-type": "application/json",
+            "idempotency-key": f"msg-{self.counter}",
+            signature.HEADER: signature.sign(SECRET, raw, 1_763_700_000_000 + self.counter),
+            **headers,
+        }
+        return raw, signed
+
+    def groq(
+        self, doc_id: str, doc_type: str, operation: str = "update"
+    ) -> tuple[bytes, dict[str, str]]:
+        return self.message(
+            {"_id": doc_id, "_type": doc_type, "_rev": "x"},
+            **{"sanity-operation": operation, "sanity-document-id": doc_id},
+        )
+
+    def legacy(self, *ids: str) -> tuple[bytes, dict[str, str]]:
+        return self.message(
+            {
+                "transactionId": "t",
+                "ids": {"created": [], "updated": list(ids), "deleted": [], "all": list(ids)},
+            }
+        )
+
+    def post(self, message: tuple[bytes, dict[str, str]], url: str | None = None) -> int:
+        self.sent += 1
+        body, headers = message
+        return self.http.post(
+            f"{url or self.url}/webhooks/sanity", content=body, headers=headers
+        ).status_code
+
+
+def mixed_deliveries(
+    d: Deliveries, doc_ids: list[str], rng: random.Random
+) -> list[tuple[bytes, dict[str, str]]]:
+    """GROQ and legacy bodies, bursts for one document, and Sanity-style repeats."""
+
+    def doc_type(doc_id: str) -> str:
+        return doc_id.split("-")[0]
+
+    messages = [d.groq(i, doc_type(i), "create") for i in doc_ids]
+    messages += [d.legacy(*rng.sample(doc_ids, 3)) for _ in range(15)]
+    burst_doc = rng.choice(doc_ids)
+    messages += [d.groq(burst_doc, doc_type(burst_doc)) for _ in range(10)]
+    rng.shuffle(messages)
+    repeats = rng.sample(messages, 25)  # delivered twice: the same key, as Sanity retries
+    return messages + repeats
+
+
+@dataclass
+class Service:
+    lake: FakeContentLake
+    fs: FakeFilestack
+    env: dict[str, str]
+    cwd: Path
+    echoes: queue.Queue[dict[str, Any]]
+    procs: list[ServeProcess] = field(default_factory=list)
+    #: Queue Sanity's update webhook for each patch (a test that sets this must send them).
+    echo: bool = False
+
+    clients: list[Deliveries] = field(default_factory=list)
+
+    def deliveries(self, url: str) -> Deliveries:
+        client = Deliveries(url)
+        self.clients.append(client)
+        return client
+
+    def start(self) -> ServeProcess:
+        proc = ServeProcess(self.env, self.cwd)
+        self.procs.append(proc)
+        return proc
+
+    def jobs(self) -> dict[str, int]:
+        with sqlite3.connect(self.cwd / "cms-sync.db") as conn:
+            return dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+
+    def quiet(self) -> bool:
+        jobs = self.jobs()
+        return self.echoes.empty() and not jobs.get("pending") and not jobs.get("running")
+
+    def wait(self, condition: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out; jobs: {self.jobs()}"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    lake = FakeContentLake(documents={d["_id"]: d for d in fifty_documents()}, token=TOKEN)
+    fs = FakeFilestack()
+    echoes: queue.Queue[dict[str, Any]] = queue.Queue()
+    with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
+        env = {
+            **os.environ,
+            "SANITY_PROJECT_ID": "cmsdemo",
+            "SANITY_DATASET": "production",
+            "SANITY_WRITE_TOKEN": TOKEN,
+            "SANITY_API_HOST": sanity_url,
+            "SANITY_WEBHOOK_SECRET": SECRET,
+            "FILESTACK_API_KEY": fs.api_key,
+            "FILESTACK_PROCESS_URL": f"{filestack_url}/process",
+            "CMS_SYNC_JOB_LEASE": "2",
+            "CMS_SYNC_POLL_INTERVAL": "0.1",
+            "CMS_SYNC_JOB_BACKOFF": "0.2",
+            "CMS_SYNC_RETRY_BACKOFF": "0",
+            "CMS_SYNC_SHUTDOWN_GRACE": "5",
+        }
+        svc = Service(lake, fs, env, tmp_path, echoes)
+
+        def on_commit(docs: list[dict[str, Any]]) -> None:
+            for doc in docs if svc.echo else ():
+                echoes.put(doc)
+
+        lake.on_commit = on_commit
+        try:
+            yield svc
+        finally:
+            for proc in svc.procs:
+                proc.close()
+            for client in svc.clients:
+                client.http.close()
+
+
+def echo_sender(svc: Service, d: Deliveries, url: Callable[[], str], stop: threading.Event) -> None:
+    """Post Sanity's update webhook for every committed patch, like the real Content Lake."""
+    while not stop.is_set():
+        try:
+            doc = svc.echoes.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        status = d.post(d.groq(doc["_id"], doc["_type"]), url())
+        assert status in (200, 202)
+        svc.echoes.task_done()
+
+
+def test_two_hundred_deliveries_with_a_kill_9_in_the_middle(service: Service) -> None:
+    svc, lake, fs = service, service.lake, service.fs
+    svc.echo = True
+    doc_ids = [i for i, d in lake.documents.items() if d["_type"] in ("product", "post")]
+    distinct_assets = {s["asset"]["_ref"] for i in doc_ids for s in slots(lake.documents[i])}
+    rng = random.Random(2026)
+
+    first = svc.start()
+    d = svc.deliveries(first.url)
+    current = {"url": first.url}
+    stop = threading.Event()
+    sender = threading.Thread(
+        target=echo_sender,
+        args=(svc, svc.deliveries(first.url), lambda: current["url"], stop),
+        daemon=True,
+    )
+
+    # Phase 1: Filestack holds every store; deliveries are acknowledged meanwhile.
+    fs.gate = threading.Event()
+    messages = mixed_deliveries(d, doc_ids, rng)  # 50 + 15 + 10 + 25 = 100
+    assert len(messages) == 100
+    half = messages[:60]
+    assert all(d.post(m) in (200, 202) for m in half)
+    assert fs.arrived.wait(30)
+    first.kill()  # kill -9 while stores are in flight and jobs are leased
+    in_flight_at_kill = list(fs.held)
+    fs.gate.set()  # Filestack finishes those stores for a process that is gone
+    assert in_flight_at_kill
+
+    # Phase 2: restart on the same database; Sanity redelivers what was never acknowledged
+    # (the other 40), repeats some that were (20), and new publishes keep coming (80).
+    second = svc.start()
+    current["url"] = d.url = second.url
+    sender.start()
+    rest = messages[60:] + rng.sample(half, 20)
+    more = [d.groq(i, i.split("-")[0]) for i in rng.choices(doc_ids, k=65)]
+    more += [d.legacy(*rng.sample(doc_ids, 4)) for _ in range(15)]
+    rng.shuffle(more)
+    assert all(d.post(m) in (200, 202) for m in rest + more)
+    svc.wait(
+        lambda: (
+            svc.quiet()
+            and all(
+                s.get("filestackSourceAsset") == s["asset"]["_ref"]
+                for i in doc_ids
+                for s in slots(lake.documents[i])
+            )
+        )
+    )
+    assert d.sent == 200
+
+    # Phase 3: a content change on 10 documents, each delivered twice.
+    changed = rng.sample([i for i in doc_ids if i.startswith("post")], 10)
+    for doc_id in changed:
+        new = _asset(f"{doc_id}-v2")
+        lake.add(new)
+        lake.edit(doc_id, lambda doc, new=new: doc.update(mainImage=_image(new)))
+        message = d.groq(doc_id, "post")
+        assert d.post(message) == 202 and d.post(message) == 200
+    svc.wait(
+        lambda: (
+            svc.quiet()
+            and all(
+                lake.documents[i]["mainImage"].get("filestackSourceAsset")
+                == lake.documents[i]["mainImage"]["asset"]["_ref"]
+                for i in changed
+            )
+        )
+    )
+    stop.set()
+    sender.join(timeout=10)
+
+    # Every slot carries the four fields from its store; every document was patched once per
+    # content change (the echoes of our own patches changed nothing).
+    for doc_id in doc_ids:
+        for slot in slots(lake.documents[doc_id]):
+            assert slot["filestackSourceAsset"] == slot["asset"]["_ref"]
+            assert all(
+                slot[f] is not None
+                for f in ("filestackHandle", "filestackUrl", "filestackSize", "filestackMimeType")
+            )
+    patches = Counter(m[0]["patch"]["id"] for m in lake.commits)
+    assert {i: patches[i] for i in doc_ids} == {i: 2 if i in changed else 1 for i in doc_ids}
+
+    # One store per distinct asset, except the stores the kill cut off mid-request: those
+    # files reached Filestack but their handles died with the process, so they are stored
+    # again (a store is not idempotent). Nothing else is stored twice.
+    stores = Counter(body["sources"][0] for body in fs.stores)
+    urls = {lake.documents[a]["url"] for a in distinct_assets} | {
+        lake.documents[lake.documents[i]["mainImage"]["asset"]["_ref"]]["url"] for i in changed
+    }
+    assert set(stores) == urls
+    assert {u for u, n in stores.items() if n > 1} == set(in_flight_at_kill)
+    assert max(stores.values()) == 2
+
+    jobs = svc.jobs()
+    assert not jobs.get("pending") and not jobs.get("running") and not jobs.get("failed")
+    second.terminate()
+    print(
+        f"\n200 deliveries (+{len(lake.commits)} echoes of patches), {len(doc_ids)} documents, "
+        f"{sum(stores.values())} stores for {len(urls)} assets "
+        f"({len(in_flight_at_kill)} in flight at kill -9), {len(lake.commits)} patches "
+        f"({len(lake.mutations) - len(lake.commits)} mutate requests refused with 409)"
+    )
+
+
+def test_bad_signature_leaves_no_trace(service: Service) -> None:
+    proc = service.start()
+    d = service.deliveries(proc.url)
+    body, headers = d.groq("post-1", "post")
+    headers[signature.HEADER] = signature.sign("not-the-secret", body, 1_763_700_000_000)
+    assert d.post((body, headers)) == 401
+    assert service.jobs() == {}
+    with sqlite3.connect(service.cwd / "cms-sync.db") as conn:
+        assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 0
+
+
+def test_permanent_refusal_then_replay_after_the_fix(service: Service) -> None:
+    lake, fs = service.lake, service.fs
+    url = lake.documents[lake.documents["post-3"]["mainImage"]["asset"]["_ref"]]["url"]
+    fs.refuse.add(url)
+    proc = service.start()
+    d = service.deliveries(proc.url)
+    assert d.post(d.groq("post-3", "post")) == 202
+    service.wait(lambda: service.jobs().get("failed") == 1)
+
+    listed = cms_sync("failures", "--json", env=service.env, cwd=service.cwd)
+    (failure,) = json.loads(listed.stdout)
+    assert failure["document_id"] == "post-3" and failure["attempts"] == 1
+    assert "Filestack: HTTP 400 Bad Request: Invalid URL" in failure["last_error"]
+    text = cms_sync("failures", env=service.env, cwd=service.cwd).stdout
+    assert text.startswith("post-3\t1 attempts\t") and "Invalid URL" in text
+
+    fs.refuse.clear()  # the cause is fixed
+    replay = cms_sync("replay", "--all-failed", env=service.env, cwd=service.cwd)
+    assert (replay.returncode, replay.stdout) == (0, "queued 1: post-3\n")
+    service.wait(
+        lambda: lake.documents["post-3"]["mainImage"].get("filestackSourceAsset") is not None
+    )
+    service.wait(service.quiet)
+    assert cms_sync("failures", env=service.env, cwd=service.cwd).stdout == "no failed documents\n"
+    status = json.loads(cms_sync("status", "--json", env=service.env, cwd=service.cwd).stdout)
+    assert status["jobs"] == {"pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert status["stored_assets"] == 1
+    proc.terminate()
+
+
+def test_replay_now_runs_in_the_foreground(service: Service) -> None:
+    result = cms_sync("replay", "--now", "post-4", "product-4", env=service.env, cwd=service.cwd)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "post-4: stored 1, reused 0, skipped 0; patched",
+        "product-4: stored 3, reused 0, skipped 0; patched",
+    ]
+    assert service.jobs() == {"done": 2}
