@@ -163,12 +163,11 @@ async def run_replay(
                 print(f"{doc_id}: error: {problem}", file=out)
         ids = [doc_id for doc_id, problem in unusable.items() if problem is None]
         await store.enqueue(ids, now=time.time())
+        refused = EXIT_FAILED if len(ids) < len(unusable) else EXIT_OK
         if not now:
             print(f"queued {len(ids)}: {', '.join(ids)}", file=out)
-            return EXIT_OK if len(ids) == len(unusable) else EXIT_FAILED
-        return await _replay_now(settings, mapping, store, ids, out=out) or (
-            EXIT_OK if len(ids) == len(unusable) else EXIT_FAILED
-        )
+            return refused
+        return max(refused, await _replay_now(settings, mapping, store, ids, out=out))
     finally:
         await store.close()
 
@@ -261,18 +260,26 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings, mapping: MediaMappin
 def _cmd_serve(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
     import uvicorn
 
-    app = create_app(settings, mapping=mapping, verify_signatures=not args.insecure_skip_signature)
-    config = uvicorn.Config(
-        app,
-        host=args.host or settings.cms_sync_host,
-        port=settings.cms_sync_port if args.port is None else args.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
-    )
-    server = uvicorn.Server(config)
-    server.run()
+    verify = not args.insecure_skip_signature
+    create_app(settings, mapping=mapping, verify_signatures=verify)  # settings checks first
+    # Opened before uvicorn starts, so a bad CMS_SYNC_DATABASE is one line, not a traceback.
+    # The store is not bound to an event loop: its work runs on a thread of its own.
+    store = asyncio.run(SQLiteJobStore.open(settings.cms_sync_database))
+    try:
+        app = create_app(settings, mapping=mapping, store=store, verify_signatures=verify)
+        config = uvicorn.Config(
+            app,
+            host=args.host or settings.cms_sync_host,
+            port=settings.cms_sync_port if args.port is None else args.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
+        )
+        server = uvicorn.Server(config)
+        server.run()
+    finally:
+        asyncio.run(store.close())
     return EXIT_OK if server.started else EXIT_FAILED
 
 

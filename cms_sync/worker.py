@@ -146,7 +146,10 @@ class Worker:
         self._stopping = True
         self._wake.set()
         if self._dispatcher is not None:
-            await self._dispatcher
+            try:
+                await self._dispatcher
+            except Exception:  # a crashed dispatcher was already visible in /readyz
+                log.exception("dispatcher_crashed")
         if not self._tasks:
             return
         log.info("worker_stopping", in_flight=len(self._tasks))
@@ -198,6 +201,9 @@ class Worker:
     def _job_done(self, task: asyncio.Task[SyncReport | None]) -> None:
         self._tasks.discard(task)
         self._wake.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The job's lease runs out and it runs again; the bug must still be seen.
+            log.error("job_task_crashed", error=repr(exc), exc_info=exc)
 
     async def _claim(self, document_id: str | None = None) -> Job | None:
         return await self._store.claim(

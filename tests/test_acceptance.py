@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import random
 import sqlite3
@@ -28,6 +27,7 @@ from process import ServeProcess, cms_sync
 from cms_sync import signature
 from fakes import FakeContentLake, FakeFilestack
 from servers import serve
+from wiring import service_env
 
 SECRET = "whsec-acceptance"
 TOKEN = "sk-test-token"
@@ -194,21 +194,15 @@ def service(tmp_path: Path) -> Iterator[Service]:
     fs = FakeFilestack()
     echoes: queue.Queue[dict[str, Any]] = queue.Queue()
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
-        env = {
-            **os.environ,
-            "SANITY_PROJECT_ID": "cmsdemo",
-            "SANITY_DATASET": "production",
-            "SANITY_WRITE_TOKEN": TOKEN,
-            "SANITY_API_HOST": sanity_url,
-            "SANITY_WEBHOOK_SECRET": SECRET,
-            "FILESTACK_API_KEY": fs.api_key,
-            "FILESTACK_PROCESS_URL": f"{filestack_url}/process",
-            "CMS_SYNC_JOB_LEASE": "2",
-            "CMS_SYNC_POLL_INTERVAL": "0.1",
-            "CMS_SYNC_JOB_BACKOFF": "0.2",
-            "CMS_SYNC_RETRY_BACKOFF": "0",
-            "CMS_SYNC_SHUTDOWN_GRACE": "5",
-        }
+        env = service_env(
+            sanity_url,
+            filestack_url,
+            SANITY_WEBHOOK_SECRET=SECRET,
+            CMS_SYNC_JOB_LEASE="2",
+            CMS_SYNC_POLL_INTERVAL="0.1",
+            CMS_SYNC_JOB_BACKOFF="0.2",
+            CMS_SYNC_SHUTDOWN_GRACE="5",
+        )
         svc = Service(lake, fs, env, tmp_path, echoes)
 
         def on_commit(docs: list[dict[str, Any]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from fakes import FakeContentLake, FakeFilestack
 from servers import serve
+from wiring import service_env
 
 TOKEN = "sk-test-token"
 APP_SECRET = "fs-app-secret-value"
@@ -53,18 +53,12 @@ def world(tmp_path: Path) -> Iterator[World]:
     lake = FakeContentLake.from_fixtures(token=TOKEN)
     fs = FakeFilestack(app_secret=APP_SECRET)
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
-        env = {
-            **os.environ,
-            "SANITY_PROJECT_ID": "cmsdemo",
-            "SANITY_DATASET": "production",
-            "SANITY_WRITE_TOKEN": TOKEN,
-            "SANITY_API_HOST": sanity_url,
-            "FILESTACK_API_KEY": fs.api_key,
-            "FILESTACK_APP_SECRET": APP_SECRET,
-            "FILESTACK_PROCESS_URL": f"{filestack_url}/process",
-            "CMS_SYNC_LOG_FORMAT": "json",
-            "CMS_SYNC_RETRY_BACKOFF": "0",
-        }
+        env = service_env(
+            sanity_url,
+            filestack_url,
+            FILESTACK_APP_SECRET=APP_SECRET,
+            CMS_SYNC_LOG_FORMAT="json",
+        )
         yield World(lake, fs, env, tmp_path)
 
 
@@ -200,3 +194,22 @@ def test_missing_variable_names_it(world: World) -> None:
         2,
         "cms-sync: configuration error: SANITY_WRITE_TOKEN is required\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SANITY_WEBHOOK_SECRET": "s", "CMS_SYNC_DATABASE": "no/such/dir/x.db"},
+            "CMS_SYNC_DATABASE: cannot open no/such/dir/x.db: unable to open database file",
+        ),
+        ({}, "SANITY_WEBHOOK_SECRET is required to verify deliveries"),
+    ],
+)
+def test_serve_start_up_errors_are_one_line(
+    world: World, env: dict[str, str], message: str
+) -> None:
+    run = world.run("serve", "--port", "0", **env)
+    assert run.code == 2
+    assert run.err.startswith(f"cms-sync: configuration error: {message}")
+    assert len(run.err.splitlines()) == 1

@@ -306,33 +306,27 @@ class Gate(httpx.AsyncBaseTransport):
         return self.fs(request)
 
 
-async def test_stop_lets_running_jobs_finish_within_the_grace_period(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("grace", "finishes"), [(5.0, True), (0.0, False)])
+async def test_stop_gives_running_jobs_the_grace_period_then_releases_them(
+    tmp_path: Path, grace: float, finishes: bool
+) -> None:
     fs = FakeFilestack()
     gate = Gate(fs)
-    options = WorkerOptions(schedule=SCHEDULE, shutdown_grace=5.0)
+    options = WorkerOptions(schedule=SCHEDULE, shutdown_grace=grace)
     async with rig(tmp_path, options=options, fs=fs, filestack_transport=gate) as r:
         await r.deliver("post-1")
         r.worker.start()
         await asyncio.wait_for(gate.entered.wait(), 5)
         stopping = asyncio.create_task(r.worker.stop())
-        await asyncio.sleep(0)  # let stop() begin: it must not claim nor cancel
-        gate.release.set()
+        await asyncio.sleep(0)  # let stop() begin: it must not claim nor cancel at once
+        if finishes:
+            gate.release.set()
         await asyncio.wait_for(stopping, 5)
-        assert (await r.job("post-1"))["state"] == "done"
-
-
-async def test_stop_releases_jobs_still_running_after_the_grace_period(tmp_path: Path) -> None:
-    fs = FakeFilestack()
-    gate = Gate(fs)
-    options = WorkerOptions(schedule=SCHEDULE, shutdown_grace=0.0)
-    async with rig(tmp_path, options=options, fs=fs, filestack_transport=gate) as r:
-        await r.deliver("post-1")
-        r.worker.start()
-        await asyncio.wait_for(gate.entered.wait(), 5)
-        await asyncio.wait_for(r.worker.stop(), 5)
         row = await r.job("post-1")
-        assert (row["state"], row["attempts"]) == ("pending", 0)
-        assert fs.stores == []
+        if finishes:
+            assert (row["state"], len(fs.stores)) == ("done", 1)
+        else:  # released unrun: the attempt is given back
+            assert (row["state"], row["attempts"], fs.stores) == ("pending", 0, [])
 
 
 async def test_running_worker_picks_up_woken_work_and_goes_idle(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,21 @@ from cms_sync.retry import RetryPolicy
 from cms_sync.settings import Settings
 from cms_sync.sync import Syncer, open_syncer
 from fakes import FakeContentLake, FakeFilestack
+
+
+def service_env(sanity_url: str, filestack_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a ``cms-sync`` process talking to the fakes served at these URLs."""
+    return {
+        **os.environ,
+        "SANITY_PROJECT_ID": "cmsdemo",
+        "SANITY_DATASET": "production",
+        "SANITY_WRITE_TOKEN": "sk-test-token",
+        "SANITY_API_HOST": sanity_url,
+        "FILESTACK_API_KEY": "fs-test-key",
+        "FILESTACK_PROCESS_URL": f"{filestack_url}/process",
+        "CMS_SYNC_RETRY_BACKOFF": "0",
+        **extra,
+    }
 
 
 def make_settings(**overrides: Any) -> Settings:
