@@ -47,6 +47,19 @@ def worker_options(settings: Settings) -> WorkerOptions:
     )
 
 
+def check_settings(settings: Settings, *, verify_signatures: bool) -> None:
+    """What the service needs beyond the sync settings.
+
+    Raises:
+        ConfigError: ``SANITY_WEBHOOK_SECRET`` is missing while signatures are verified.
+    """
+    if verify_signatures and settings.sanity_webhook_secret is None:
+        raise ConfigError(
+            "SANITY_WEBHOOK_SECRET is required to verify deliveries "
+            "(--insecure-skip-signature turns verification off for local experiments only)"
+        )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -64,12 +77,8 @@ def create_app(
     Raises:
         ConfigError: ``SANITY_WEBHOOK_SECRET`` is missing while signatures are verified.
     """
+    check_settings(settings, verify_signatures=verify_signatures)
     secret = settings.sanity_webhook_secret
-    if verify_signatures and secret is None:
-        raise ConfigError(
-            "SANITY_WEBHOOK_SECRET is required to verify deliveries "
-            "(--insecure-skip-signature turns verification off for local experiments only)"
-        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

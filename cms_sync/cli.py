@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from cms_sync import __version__
-from cms_sync.app import create_app, worker_options
+from cms_sync.app import check_settings, create_app, worker_options
 from cms_sync.errors import (
     AuthenticationError,
     CmsSyncError,
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import JobState
+from cms_sync.jobs import JobState, JobStore
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
@@ -153,7 +153,7 @@ async def run_replay(
         ids = list(document_ids)
         if all_failed:
             ids += await store.failed_document_ids()
-        ids = [doc_id for doc_id in dict.fromkeys(ids)]
+        ids = list(dict.fromkeys(ids))
         if not ids:
             print("no failed documents to replay", file=out)
             return EXIT_OK
@@ -175,7 +175,7 @@ async def run_replay(
 async def _replay_now(
     settings: Settings,
     mapping: MediaMapping,
-    store: SQLiteJobStore,
+    store: JobStore,
     document_ids: Sequence[str],
     *,
     out: TextIO,
@@ -261,7 +261,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings, mapping: MediaMappi
     import uvicorn
 
     verify = not args.insecure_skip_signature
-    create_app(settings, mapping=mapping, verify_signatures=verify)  # settings checks first
+    check_settings(settings, verify_signatures=verify)
     # Opened before uvicorn starts, so a bad CMS_SYNC_DATABASE is one line, not a traceback.
     # The store is not bound to an event loop: its work runs on a thread of its own.
     store = asyncio.run(SQLiteJobStore.open(settings.cms_sync_database))
