@@ -42,10 +42,6 @@ from cms_sync.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# Filestack's limit is 256 characters per tag value.
-_TAG_VALUE_LIMIT = 256
-
-
 @dataclass(frozen=True)
 class SlotFailure:
     slot: str
@@ -209,8 +205,8 @@ class Syncer:
                 asset.url,
                 filename=_filename(asset),
                 tags={
-                    "sanity_document_id": document_id[:_TAG_VALUE_LIMIT],
-                    "sanity_asset_id": asset.id[:_TAG_VALUE_LIMIT],
+                    "sanity_document_id": document_id[:filestack.MAX_TAG_VALUE],
+                    "sanity_asset_id": asset.id[:filestack.MAX_TAG_VALUE],
                 },
             )
         record = StoredAsset(
