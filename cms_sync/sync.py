@@ -42,6 +42,7 @@ from cms_sync.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+
 @dataclass(frozen=True)
 class SlotFailure:
     slot: str
@@ -205,8 +206,8 @@ class Syncer:
                 asset.url,
                 filename=_filename(asset),
                 tags={
-                    "sanity_document_id": document_id[:filestack.MAX_TAG_VALUE],
-                    "sanity_asset_id": asset.id[:filestack.MAX_TAG_VALUE],
+                    "sanity_document_id": document_id[: filestack.MAX_TAG_VALUE],
+                    "sanity_asset_id": asset.id[: filestack.MAX_TAG_VALUE],
                 },
             )
         record = StoredAsset(
