@@ -20,9 +20,6 @@ class AllowedHost:
     host: str
     port: int | None = None
 
-    def __str__(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
-
 
 def parse_allowed_host(entry: str) -> AllowedHost:
     """``"cdn.sanity.io"`` or ``"127.0.0.1:8080"`` -> :class:`AllowedHost`.
