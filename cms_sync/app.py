@@ -91,6 +91,7 @@ def create_app(
                 retry=retry,
                 sanity_transport=sanity_transport,
                 filestack_transport=filestack_transport,
+                clock=clock,
             ) as syncer:
                 worker = Worker(job_store, syncer, worker_options(settings), clock=clock)
                 app.state.service = Service(

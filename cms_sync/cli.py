@@ -237,6 +237,7 @@ async def run_status(settings: Settings, *, as_json: bool, out: TextIO) -> int:
         "jobs": {state.value: stats.counts[state] for state in JobState},
         "oldest_pending_age_seconds": stats.oldest_pending_age,
         "stored_assets": stats.stored_assets,
+        "unanswered_stores": stats.unanswered_stores,
     }
     if as_json:
         print(json.dumps(data, indent=2), file=out)
@@ -245,7 +246,8 @@ async def run_status(settings: Settings, *, as_json: bool, out: TextIO) -> int:
         age = stats.oldest_pending_age
         oldest = "-" if age is None else f"{age:.0f} s"
         print(
-            f"jobs: {jobs}; oldest pending: {oldest}; stored assets: {stats.stored_assets}",
+            f"jobs: {jobs}; oldest pending: {oldest}; stored assets: {stats.stored_assets}; "
+            f"unanswered stores: {stats.unanswered_stores}",
             file=out,
         )
     return EXIT_OK

@@ -23,7 +23,11 @@ CmsSyncError
     ├── UnmappedType             the document's type is not in the media mapping
     ├── SlotBlocked              a media slot that cannot be synced as it is (asset host not
     │                            allow-listed, array item without _key, asset without URL)
-    └── StaleRead                the document is older than the delivery that announced it
+    ├── StaleRead                the document is older than the delivery that announced it
+    └── StoreUnanswered          a store of this asset may have happened without us seeing it
+        ├── AmbiguousStore       this attempt's answer was lost (5xx, timeout, no handle)
+        ├── StoreDeferred        an earlier answer was lost: waiting out the asset's backoff
+        └── StoreGaveUp          too many unanswered stores: an operator must look (failed)
 ```
 
 Third-party errors (httpx, pydantic) are translated at the client boundary with
@@ -229,3 +233,68 @@ def status_error(
     if issubclass(cls, UnavailableError):
         retry_after = parse_retry_after(headers.get("retry-after"))
     return cls(service, status, message, body=body, error_type=error_type, retry_after=retry_after)
+
+
+class StoreUnanswered(SyncError):
+    """A store of one asset may have reached Filestack without us learning its handle.
+
+    ``retry_at`` (unix seconds) is when the asset may be stored again; None when never
+    without an operator (``StoreGaveUp``).
+    """
+
+    def __init__(self, asset_id: str, message: str, *, retry_at: float | None) -> None:
+        super().__init__(message)
+        self.asset_id = asset_id
+        self.retry_at = retry_at
+
+
+class AmbiguousStore(StoreUnanswered):
+    """This store's answer was lost: Filestack may have stored the file anyway."""
+
+    def __init__(
+        self, asset_id: str, cause: CmsSyncError, *, attempts: int, retry_at: float
+    ) -> None:
+        super().__init__(
+            asset_id,
+            f"store of asset {asset_id} unanswered ({cause}); unanswered stores of it so "
+            f"far: {attempts}; next try not before {_clock(retry_at)}",
+            retry_at=retry_at,
+        )
+        self.cause = cause
+        self.attempts = attempts
+
+
+class StoreDeferred(StoreUnanswered):
+    """An earlier store of this asset is in flight or went unanswered: wait before another."""
+
+    def __init__(self, asset_id: str, *, attempts: int, retry_at: float) -> None:
+        super().__init__(
+            asset_id,
+            f"asset {asset_id}: {attempts} earlier store(s) unanswered or still in flight; "
+            f"next try not before {_clock(retry_at)}",
+            retry_at=retry_at,
+        )
+        self.attempts = attempts
+
+
+class StoreGaveUp(StoreUnanswered):
+    """The cap on unanswered stores of an asset is reached: storing again could copy it again."""
+
+    def __init__(
+        self, asset_id: str, *, attempts: int, storage_key: str | None, last_error: str | None
+    ) -> None:
+        where = f"at storage key {storage_key!r} " if storage_key else ""
+        super().__init__(
+            asset_id,
+            f"asset {asset_id}: gave up after {attempts} unanswered stores"
+            + (f" (last: {last_error})" if last_error else "")
+            + f"; Filestack may hold copies {where}with upload tag sanity_asset_id={asset_id}; "
+            "check them, then `cms-sync replay` the document to try again",
+            retry_at=None,
+        )
+        self.attempts = attempts
+        self.storage_key = storage_key
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

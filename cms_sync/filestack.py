@@ -9,6 +9,8 @@ uses the SDK's :class:`filestack.Security`, the reference for Filestack policies
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from filestack import Security
 from pydantic import SecretStr
 
 from cms_sync import __version__
-from cms_sync.errors import InvalidResponse, excerpt
+from cms_sync.errors import InvalidResponse, ResponseTimeout, excerpt
 from cms_sync.retry import RetryPolicy, store_is_safe
 from cms_sync.settings import Settings
 from cms_sync.transport import json_body, raise_for_status, send
@@ -33,6 +35,11 @@ POLICY_TTL_SECONDS = 300
 MAX_TAGS = 10
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
+
+#: A whole store (connects retried before the request is sent included) takes at most this
+#: many times the per-request timeout.
+_DEADLINE_FACTOR = 2.0
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def http_client(
@@ -122,15 +129,19 @@ class FilestackClient:
         app_secret: SecretStr | None = None,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        deadline: float = 120.0 * _DEADLINE_FACTOR,
     ) -> None:
         self._http = http
         self._api_key = api_key
         self._process_url = process_url
         self._location = location
-        self._path = path
+        self._folder = path or ""
+        if self._folder and not self._folder.endswith("/"):
+            self._folder += "/"
         self._app_secret = app_secret
         self._retry = retry or RetryPolicy()
         self._clock = clock
+        self.deadline = deadline
 
     @classmethod
     def from_settings(
@@ -144,17 +155,37 @@ class FilestackClient:
             path=settings.filestack_store_path or None,
             app_secret=settings.filestack_app_secret,
             retry=retry,
+            deadline=settings.cms_sync_filestack_timeout * _DEADLINE_FACTOR,
         )
 
+    def storage_key(self, asset_id: str, extension: str | None) -> str:
+        """The one storage key for a Sanity asset: ``{FILESTACK_STORE_PATH}{asset id}.{ext}``.
+
+        A store ``path`` that does not end in ``/`` is used as the exact key, so storing
+        the same asset again overwrites one object instead of adding one.
+        """
+        name = _KEY_UNSAFE.sub("_", asset_id)
+        ext = _KEY_UNSAFE.sub("", extension or "")
+        return f"{self._folder}{name}" + (f".{ext}" if ext else "")
+
     def store_body(
-        self, source_url: str, *, filename: str | None, tags: Mapping[str, str]
+        self,
+        source_url: str,
+        *,
+        filename: str | None,
+        tags: Mapping[str, str],
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """The ``/process`` body: SDK-compatible store task, security task, upload tags."""
+        """The ``/process`` body: SDK-compatible store task, security task, upload tags.
+
+        ``key`` is the exact storage key; without it the store goes into the configured
+        folder, where Filestack adds a random prefix.
+        """
         store_params: dict[str, Any] = {"location": self._location}
         if filename:
             store_params["filename"] = filename
-        if self._path:
-            store_params["path"] = self._path
+        if key or self._folder:
+            store_params["path"] = key or self._folder
         tasks: list[dict[str, Any]] = [{"name": "store", "params": store_params}]
         if self._app_secret is not None:
             policy = {"expiry": int(self._clock()) + POLICY_TTL_SECONDS, "call": ["store"]}
@@ -171,9 +202,16 @@ class FilestackClient:
         return body
 
     async def store_url(
-        self, source_url: str, *, filename: str | None, tags: Mapping[str, str]
+        self,
+        source_url: str,
+        *,
+        filename: str | None,
+        tags: Mapping[str, str],
+        key: str | None = None,
     ) -> StoredFile:
-        """Copy ``source_url`` into Filestack storage.
+        """Copy ``source_url`` into Filestack storage (at ``key``, when given).
+
+        The whole call, retries included, ends within ``deadline`` seconds.
 
         Raises:
             RejectedError: Filestack refused this source or our credentials.
@@ -183,10 +221,18 @@ class FilestackClient:
         request = self._http.build_request(
             "POST",
             self._process_url,
-            json=self.store_body(source_url, filename=filename, tags=tags),
+            json=self.store_body(source_url, filename=filename, tags=tags, key=key),
         )
-        async for attempt in self._retry.retrying(store_is_safe, operation="filestack_store"):
-            with attempt:
-                reply = await send(self._http, request, service=SERVICE)
+        try:
+            async with asyncio.timeout(self.deadline):
+                async for attempt in self._retry.retrying(
+                    store_is_safe, operation="filestack_store"
+                ):
+                    with attempt:
+                        reply = await send(self._http, request, service=SERVICE)
+        except TimeoutError:
+            raise ResponseTimeout(
+                SERVICE, f"store not answered within {self.deadline:g} s"
+            ) from None
         raise_for_status(reply, service=SERVICE, parse_error=parse_error)
         return parse_store_response(json_body(reply, service=SERVICE), status=reply.status)

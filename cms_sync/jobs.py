@@ -75,6 +75,8 @@ class StoreStats:
     counts: dict[JobState, int]
     oldest_pending_age: float | None
     stored_assets: int
+    #: Assets whose last store went unanswered (or is in flight) and that have no record.
+    unanswered_stores: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,26 @@
-"""Stored-asset records: which Filestack file was made from which Sanity asset.
+"""Stored-asset records, and the ledger of stores whose answer never came.
 
-A record is written right after a store succeeds and before the patch, so a retried
-sync, another document using the same asset, or an editor re-publishing an old draft
-re-patch from the record instead of storing the file again. This module holds the
-interface and the in-memory implementation (one process, one run); the job store adds
-a durable one behind the same Protocol.
+A record (Sanity asset id -> Filestack handle) is written right after a store succeeds
+and before the patch, so a retried sync, another document using the same asset, or an
+editor re-publishing an old draft re-patch from the record instead of storing again.
+
+A store is not idempotent, and its answer can be lost (a 502 from a gateway, a timeout,
+a 2xx without a handle) after Filestack stored the file. So before each store the asset
+is entered in the ledger: ``begin_store`` counts the attempt and holds the asset for the
+time the request may take, atomically, so that no other worker or process stores it
+meanwhile. A definite answer settles the entry (``put`` on success; ``end_store`` with
+``maybe_stored=False`` when the request was never sent or was refused); an ambiguous one
+leaves it counted, with a per-asset backoff (``maybe_stored=True``). A crash mid-store
+leaves it counted too, held until the hold runs out. Past a cap, stores of the asset stop
+until an operator replays a document that uses it.
+
+This module holds the interface and the in-memory implementation (one process, one run);
+the job store adds a durable one behind the same Protocol.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -22,20 +33,113 @@ class StoredAsset:
     mime_type: str | None
 
 
+@dataclass(frozen=True)
+class StoreGate:
+    """The ledger's answer to "may this asset be stored now?"."""
+
+    #: The asset was stored meanwhile (by another worker or process): use this.
+    record: StoredAsset | None = None
+    granted: bool = False
+    #: Unanswered (or unfinished) stores of the asset, counting this one when granted.
+    attempts: int = 0
+    #: When refused: when another store may be tried.
+    not_before: float = 0.0
+    storage_key: str | None = None
+    last_error: str | None = None
+
+
 class AssetRecords(Protocol):
     async def get(self, asset_id: str) -> StoredAsset | None: ...
 
-    async def put(self, record: StoredAsset) -> None: ...
+    async def put(self, record: StoredAsset) -> None:
+        """Record a stored asset; this also settles its ledger entry."""
+        ...
+
+    async def begin_store(
+        self,
+        asset_id: str,
+        *,
+        document_id: str,
+        storage_key: str | None,
+        now: float,
+        hold_until: float,
+        max_attempts: int,
+    ) -> StoreGate:
+        """Grant a store of ``asset_id`` (counting it, held until ``hold_until``) or refuse.
+
+        Refused while an earlier store is held or backing off (``not_before`` in the
+        future), and once ``max_attempts`` unanswered stores are counted.
+        """
+        ...
+
+    async def end_store(
+        self, asset_id: str, *, maybe_stored: bool, now: float, retry_at: float, error: str
+    ) -> None:
+        """Settle a granted store that got no handle.
+
+        Args:
+            maybe_stored: False when Filestack certainly stored nothing (the request was
+                never sent, or was refused): the attempt is not counted. True when it may
+                have: the attempt stays counted and the asset waits until ``retry_at``.
+        """
+        ...
 
 
+@dataclass
+class _Entry:
+    attempts: int = 0
+    not_before: float = 0.0
+    storage_key: str | None = None
+    last_error: str | None = None
+
+
+@dataclass
 class MemoryAssetRecords:
-    """Records kept for the life of the process."""
+    """Records and ledger kept for the life of the process."""
 
-    def __init__(self) -> None:
-        self._records: dict[str, StoredAsset] = {}
+    _records: dict[str, StoredAsset] = field(default_factory=dict)
+    _ledger: dict[str, _Entry] = field(default_factory=dict)
 
     async def get(self, asset_id: str) -> StoredAsset | None:
         return self._records.get(asset_id)
 
     async def put(self, record: StoredAsset) -> None:
         self._records[record.asset_id] = record
+        self._ledger.pop(record.asset_id, None)
+
+    async def begin_store(
+        self,
+        asset_id: str,
+        *,
+        document_id: str,
+        storage_key: str | None,
+        now: float,
+        hold_until: float,
+        max_attempts: int,
+    ) -> StoreGate:
+        record = self._records.get(asset_id)
+        if record is not None:
+            return StoreGate(record=record)
+        entry = self._ledger.setdefault(asset_id, _Entry())
+        if entry.attempts >= max_attempts or entry.not_before > now:
+            return StoreGate(
+                attempts=entry.attempts,
+                not_before=entry.not_before,
+                storage_key=entry.storage_key,
+                last_error=entry.last_error,
+            )
+        entry.attempts += 1
+        entry.not_before = hold_until
+        entry.storage_key = storage_key
+        return StoreGate(granted=True, attempts=entry.attempts, storage_key=storage_key)
+
+    async def end_store(
+        self, asset_id: str, *, maybe_stored: bool, now: float, retry_at: float, error: str
+    ) -> None:
+        entry = self._ledger.setdefault(asset_id, _Entry())
+        if not maybe_stored:
+            entry.attempts = max(entry.attempts - 1, 0)
+            entry.not_before = now
+        else:
+            entry.not_before = retry_at
+            entry.last_error = error

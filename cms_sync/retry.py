@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from cms_sync.errors import ConnectError, RemoteError, TransportError, UnavailableError
+from cms_sync.errors import (
+    ConnectError,
+    RateLimited,
+    RejectedError,
+    RemoteError,
+    TransportError,
+    UnavailableError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -79,3 +86,13 @@ def guarded_mutation_is_safe(exc: BaseException) -> bool:
 def store_is_safe(exc: BaseException) -> bool:
     """A Filestack store is not idempotent: retry only what was never sent."""
     return isinstance(exc, ConnectError)
+
+
+def store_may_have_happened(exc: BaseException) -> bool:
+    """Whether a store that raised ``exc`` may still have stored the file.
+
+    Certainly not when the request was never sent, was refused (4xx), or was over the
+    rate limit (429). Anything else (a 5xx from a gateway, no answer in time, a 2xx
+    without a handle, an unknown failure) may have come after the file was stored.
+    """
+    return not isinstance(exc, ConnectError | RejectedError | RateLimited)

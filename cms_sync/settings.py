@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     filestack_app_secret: SecretStr | None = None
     filestack_process_url: str = "https://cdn.filestackcontent.com/process"
     filestack_store_location: str = "S3"
-    #: Folder prefix for stored files; ending in "/" lets Filestack add a random prefix.
+    #: Folder of stored files: each asset is stored at ``{this}{asset id}.{ext}``.
     filestack_store_path: str = "sanity/"
 
     cms_sync_config: Path | None = None
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
     #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
     cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
+    #: Stores of one asset whose answer was lost (it may be stored) before giving up.
+    cms_sync_ambiguous_store_max: int = Field(default=3, ge=1, le=20)
+    #: First wait in seconds after such a store before storing that asset again (doubles).
+    cms_sync_ambiguous_store_backoff: float = Field(default=30.0, ge=0, le=3600)
     # -- the webhook service (cms-sync serve) ------------------------------------------
     sanity_webhook_secret: SecretStr | None = None
     cms_sync_database: Path = Path("cms-sync.db")

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 from cms_sync.deliveries import DocumentEvent
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.jobs import Accepted, FailedJob, Job, JobState, StoreStats
-from cms_sync.records import StoredAsset
+from cms_sync.records import StoredAsset, StoreGate
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     idempotency_key TEXT PRIMARY KEY,
@@ -59,6 +59,26 @@ CREATE TABLE IF NOT EXISTS assets (
     mime_type TEXT,
     stored_at REAL NOT NULL
 );
+
+-- The ledger of stores whose answer never came (schema 2): see cms_sync.records.
+CREATE TABLE IF NOT EXISTS store_attempts (
+    asset_id TEXT PRIMARY KEY,
+    attempts INTEGER NOT NULL,           -- counted towards the cap; replay resets it
+    total INTEGER NOT NULL,              -- every unanswered store ever: possible copies
+    not_before REAL NOT NULL,            -- held (in flight) or backing off until then
+    storage_key TEXT,
+    last_error TEXT,
+    first_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+-- Which documents asked for the asset: replaying one of them resets its count.
+CREATE TABLE IF NOT EXISTS store_attempt_documents (
+    asset_id TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    PRIMARY KEY (asset_id, document_id)
+);
+CREATE INDEX IF NOT EXISTS store_attempt_documents_doc
+    ON store_attempt_documents (document_id);
 """
 
 
@@ -123,8 +143,74 @@ class SQLiteAssetRecords:
                 "stored_at = excluded.stored_at",
                 (record.asset_id, record.handle, record.url, record.size, record.mime_type),
             )
+            # Settled; the row stays (with its total) as the trace of possible copies.
+            conn.execute(
+                "UPDATE store_attempts SET attempts = 0, not_before = 0 WHERE asset_id = ?",
+                (record.asset_id,),
+            )
 
-        await self._store.run(write)
+        await self._store.transaction(write)
+
+    async def begin_store(
+        self,
+        asset_id: str,
+        *,
+        document_id: str,
+        storage_key: str | None,
+        now: float,
+        hold_until: float,
+        max_attempts: int,
+    ) -> StoreGate:
+        def write(conn: sqlite3.Connection) -> StoreGate:
+            found = conn.execute(
+                "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = ?",
+                (asset_id,),
+            ).fetchone()
+            if found is not None:
+                return StoreGate(record=StoredAsset(*found))
+            conn.execute(
+                "INSERT INTO store_attempt_documents (asset_id, document_id) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (asset_id, document_id),
+            )
+            row = conn.execute(
+                "SELECT attempts, not_before, storage_key, last_error FROM store_attempts "
+                "WHERE asset_id = ?",
+                (asset_id,),
+            ).fetchone()
+            if row is not None and (row["attempts"] >= max_attempts or row["not_before"] > now):
+                return StoreGate(
+                    attempts=row["attempts"],
+                    not_before=row["not_before"],
+                    storage_key=row["storage_key"],
+                    last_error=row["last_error"],
+                )
+            attempts = conn.execute(
+                "INSERT INTO store_attempts (asset_id, attempts, total, not_before, storage_key, "
+                "first_at, updated_at) VALUES (:asset, 1, 1, :hold, :key, :now, :now) "
+                "ON CONFLICT (asset_id) DO UPDATE SET attempts = attempts + 1, "
+                "total = total + 1, not_before = :hold, storage_key = :key, updated_at = :now "
+                "RETURNING attempts",
+                {"asset": asset_id, "hold": hold_until, "key": storage_key, "now": now},
+            ).fetchone()[0]
+            return StoreGate(granted=True, attempts=attempts, storage_key=storage_key)
+
+        return await self._store.transaction(write)
+
+    async def end_store(
+        self, asset_id: str, *, maybe_stored: bool, now: float, retry_at: float, error: str
+    ) -> None:
+        if maybe_stored:
+            sql = "not_before = :retry_at, last_error = :error"
+        else:  # nothing was stored: the attempt does not count
+            sql = "attempts = max(attempts - 1, 0), total = max(total - 1, 0), not_before = :now"
+        await self._store.transaction(
+            lambda conn: conn.execute(
+                f"UPDATE store_attempts SET {sql}, updated_at = :now "  # noqa: S608 - ours
+                "WHERE asset_id = :asset",
+                {"retry_at": retry_at, "error": error, "now": now, "asset": asset_id},
+            )
+        )
 
 
 class SQLiteJobStore:
@@ -166,7 +252,9 @@ class SQLiteJobStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"job store: {exc}") from exc
 
-    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction (``BEGIN IMMEDIATE``) on the store's thread."""
+
         def wrapped(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -194,13 +282,11 @@ class SQLiteJobStore:
                     return Accepted(duplicate=True)
             return _queue(conn, events, now=now, clear_failed=False)
 
-        return await self._transaction(write)
+        return await self.transaction(write)
 
     async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
         events = [DocumentEvent(doc_id) for doc_id in dict.fromkeys(document_ids)]
-        return await self._transaction(
-            lambda conn: _queue(conn, events, now=now, clear_failed=True)
-        )
+        return await self.transaction(lambda conn: _queue(conn, events, now=now, clear_failed=True))
 
     # -- the worker's side ------------------------------------------------------------
     async def claim(
@@ -231,7 +317,7 @@ class SQLiteJobStore:
             ).fetchone()
             return _job(claimed)
 
-        return await self._transaction(write)
+        return await self.transaction(write)
 
     async def renew(self, job: Job, *, until: float) -> bool:
         return await self._owned_update(job, "lease_until = ?", (until,))
@@ -246,6 +332,7 @@ class SQLiteJobStore:
             job,
             "run_after = ?, last_error = ?, updated_at = ?, read_retries = read_retries + ?",
             (run_after, error, now, int(read_retry)),
+            keep_backoff=run_after,
         )
 
     async def release(self, job: Job, *, now: float) -> bool:
@@ -275,33 +362,52 @@ class SQLiteJobStore:
             )
             return True
 
-        return await self._transaction(write)
+        return await self.transaction(write)
 
-    async def _back_to_pending(self, job: Job, assignments: str, params: tuple[Any, ...]) -> bool:
+    async def _back_to_pending(
+        self,
+        job: Job,
+        assignments: str,
+        params: tuple[Any, ...],
+        *,
+        keep_backoff: float | None = None,
+    ) -> bool:
+        """Make a running job pending again, or fold it into a newer pending job.
+
+        Args:
+            keep_backoff: a retry's ``run_after``: a newer pending job takes over the
+                backoff and the attempt count, so new deliveries cannot cut a backoff short.
+        """
+
         def write(conn: sqlite3.Connection) -> bool:
             newer = conn.execute(
-                "SELECT 1 FROM jobs WHERE document_id = ? AND state = 'pending'",
+                "SELECT id FROM jobs WHERE document_id = ? AND state = 'pending'",
                 (job.document_id,),
             ).fetchone()
-            if newer is not None:
-                # A delivery arrived meanwhile and its pending job covers this one.
-                return bool(
-                    conn.execute(
-                        "DELETE FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
-                        (job.id, job.lease_owner),
-                    ).rowcount
+            if newer is None:
+                return _update_owned(
+                    conn,
+                    job,
+                    f"state = 'pending', lease_owner = NULL, lease_until = NULL, {assignments}",
+                    params,
                 )
-            return _update_owned(
-                conn,
-                job,
-                f"state = 'pending', lease_owner = NULL, lease_until = NULL, {assignments}",
-                params,
-            )
+            # A delivery arrived meanwhile and its pending job covers this one.
+            deleted = conn.execute(
+                "DELETE FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                (job.id, job.lease_owner),
+            ).rowcount
+            if deleted and keep_backoff is not None:
+                conn.execute(
+                    "UPDATE jobs SET run_after = max(run_after, ?), attempts = max(attempts, ?) "
+                    "WHERE id = ?",
+                    (keep_backoff, job.attempts, newer["id"]),
+                )
+            return bool(deleted)
 
-        return await self._transaction(write)
+        return await self.transaction(write)
 
     async def _owned_update(self, job: Job, assignments: str, params: tuple[Any, ...]) -> bool:
-        return await self._transaction(lambda conn: _update_owned(conn, job, assignments, params))
+        return await self.transaction(lambda conn: _update_owned(conn, job, assignments, params))
 
     # -- operators --------------------------------------------------------------------
     async def failures(self) -> list[FailedJob]:
@@ -329,10 +435,15 @@ class SQLiteJobStore:
                 "SELECT min(created_at) FROM jobs WHERE state = 'pending'"
             ).fetchone()[0]
             assets = conn.execute("SELECT count(*) FROM assets").fetchone()[0]
+            unanswered = conn.execute(
+                "SELECT count(*) FROM store_attempts WHERE attempts > 0 "
+                "AND asset_id NOT IN (SELECT asset_id FROM assets)"
+            ).fetchone()[0]
             return StoreStats(
                 counts=counts,
                 oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
                 stored_assets=assets,
+                unanswered_stores=unanswered,
             )
 
         return await self.run(read)
@@ -354,7 +465,7 @@ class SQLiteJobStore:
         await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def prune(self, *, before: float) -> None:
-        await self._transaction(
+        await self.transaction(
             lambda conn: conn.execute("DELETE FROM inbox WHERE received_at < ?", (before,))
         )
 
@@ -387,9 +498,18 @@ def _queue(
             conn.execute(
                 "DELETE FROM jobs WHERE document_id = ? AND state = 'failed'", (event.document_id,)
             )
+            # Replay resets the cap on unanswered stores of the document's assets.
+            conn.execute(
+                "UPDATE store_attempts SET attempts = 0 WHERE asset_id IN ("
+                "  SELECT asset_id FROM store_attempt_documents WHERE document_id = ?)",
+                (event.document_id,),
+            )
+        # A delivery for a job that is backing off leaves the backoff alone (an editor
+        # saving every second must not make a conflicting job due every second); a
+        # replay is an operator's say-so: due now, attempts from zero.
         updated = conn.execute(
-            "UPDATE jobs SET run_after = min(run_after, :now), updated_at = :now, "
-            "read_retries = 0, operation = coalesce(:op, operation), "
+            "UPDATE jobs SET run_after = CASE WHEN :reset THEN :now ELSE run_after END, "
+            "updated_at = :now, read_retries = 0, operation = coalesce(:op, operation), "
             "transaction_time = CASE WHEN :tt IS NULL THEN transaction_time "
             "  WHEN transaction_time IS NULL THEN :tt ELSE max(transaction_time, :tt) END, "
             "attempts = CASE WHEN :reset THEN 0 ELSE attempts END "

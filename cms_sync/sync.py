@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -22,25 +23,32 @@ from cms_sync.allowlist import AllowedHost
 from cms_sync.deliveries import parse_timestamp
 from cms_sync.document import Asset, parse_document
 from cms_sync.errors import (
+    AmbiguousStore,
     CmsSyncError,
     DocumentNotFound,
     InvalidResponse,
     RevisionConflict,
     SlotBlocked,
     StaleRead,
+    StoreDeferred,
+    StoreGaveUp,
     UnmappedType,
 )
 from cms_sync.filestack import FilestackClient
 from cms_sync.groq import build_document_query
+from cms_sync.jobs import RetrySchedule
 from cms_sync.mapping import MediaMapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import Action, Plan, plan_document
-from cms_sync.records import AssetRecords, StoredAsset
-from cms_sync.retry import RetryPolicy
+from cms_sync.records import AssetRecords, StoredAsset, StoreGate
+from cms_sync.retry import RetryPolicy, store_may_have_happened
 from cms_sync.sanity import SanityClient
 from cms_sync.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+#: How long past a store's deadline the ledger holds the asset for it.
+_HOLD_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,14 @@ class Syncer:
         records: AssetRecords,
         store_concurrency: int = 4,
         max_replans: int = 3,
+        ambiguity: RetrySchedule | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """
+        Args:
+            ambiguity: the per-asset backoff after a store whose answer was lost, and
+                (``max_attempts``) how many such stores of one asset before giving up.
+        """
         self._sanity = sanity
         self._filestack = filestack
         self._mapping = mapping
@@ -99,6 +114,8 @@ class Syncer:
         self._store_slots = asyncio.Semaphore(store_concurrency)
         self._max_replans = max_replans
         self._inflight: dict[str, asyncio.Future[StoredAsset]] = {}
+        self._ambiguity = ambiguity or RetrySchedule(base=30.0, max_attempts=3)
+        self._clock = clock
 
     async def plan(self, document_id: str, *, not_before: float | None = None) -> Plan:
         """Fetch the published document and plan every media slot.
@@ -200,16 +217,38 @@ class Syncer:
         return await asyncio.shield(future)
 
     async def _store(self, asset: Asset, document_id: str) -> StoredAsset:
+        """Store one asset at its storage key, through the ledger of unanswered stores."""
         assert asset.url is not None  # the planner only plans stores for assets with a URL
-        async with self._store_slots:
-            stored = await self._filestack.store_url(
-                asset.url,
-                filename=_filename(asset),
-                tags={
-                    "sanity_document_id": document_id[: filestack.MAX_TAG_VALUE],
-                    "sanity_asset_id": asset.id[: filestack.MAX_TAG_VALUE],
-                },
+        key = self._filestack.storage_key(asset.id, asset.extension)
+        async with self._store_slots:  # the ledger's hold starts only once a slot is ours
+            now = self._clock()
+            gate = await self._records.begin_store(
+                asset.id,
+                document_id=document_id,
+                storage_key=key,
+                now=now,
+                hold_until=now + self._filestack.deadline + _HOLD_SLACK,
+                max_attempts=self._ambiguity.max_attempts,
             )
+            if gate.record is not None:
+                return gate.record
+            if not gate.granted:
+                raise self._refusal(asset.id, gate)
+            try:
+                stored = await self._filestack.store_url(
+                    asset.url,
+                    filename=_filename(asset),
+                    tags={
+                        "sanity_document_id": document_id[: filestack.MAX_TAG_VALUE],
+                        "sanity_asset_id": asset.id[: filestack.MAX_TAG_VALUE],
+                    },
+                    key=key,
+                )
+            except CmsSyncError as exc:
+                unanswered = await self._settle(asset.id, gate, exc)
+                if unanswered is None:
+                    raise
+                raise unanswered from exc
         record = StoredAsset(
             asset_id=asset.id,
             handle=stored.handle,
@@ -220,6 +259,36 @@ class Syncer:
         await self._records.put(record)
         log.info("asset_stored", asset_id=asset.id, handle=record.handle, size=record.size)
         return record
+
+    def _refusal(self, asset_id: str, gate: StoreGate) -> CmsSyncError:
+        if gate.attempts >= self._ambiguity.max_attempts:
+            return StoreGaveUp(
+                asset_id,
+                attempts=gate.attempts,
+                storage_key=gate.storage_key,
+                last_error=gate.last_error,
+            )
+        return StoreDeferred(asset_id, attempts=gate.attempts, retry_at=gate.not_before)
+
+    async def _settle(
+        self, asset_id: str, gate: StoreGate, exc: CmsSyncError
+    ) -> CmsSyncError | None:
+        """Settle a store that raised: not counted when nothing was stored (None: ``exc``
+        stands), else backed off and reported as unanswered."""
+        now = self._clock()
+        maybe_stored = store_may_have_happened(exc)
+        retry_at = now + self._ambiguity.delay(gate.attempts)
+        await self._records.end_store(
+            asset_id, maybe_stored=maybe_stored, now=now, retry_at=retry_at, error=str(exc)
+        )
+        if not maybe_stored:
+            return None
+        log.warning("store_unanswered", asset_id=asset_id, attempts=gate.attempts, error=str(exc))
+        if gate.attempts >= self._ambiguity.max_attempts:
+            return StoreGaveUp(
+                asset_id, attempts=gate.attempts, storage_key=gate.storage_key, last_error=str(exc)
+            )
+        return AmbiguousStore(asset_id, exc, attempts=gate.attempts, retry_at=retry_at)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -237,6 +306,7 @@ async def open_syncer(
     retry: RetryPolicy | None = None,
     sanity_transport: httpx.AsyncBaseTransport | None = None,
     filestack_transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Syncer]:
     """A :class:`Syncer` with its two HTTP clients, closed on exit (transports for tests)."""
     retry = retry or retry_policy(settings)
@@ -254,6 +324,11 @@ async def open_syncer(
             records=records,
             store_concurrency=settings.cms_sync_store_concurrency,
             max_replans=settings.cms_sync_max_replans,
+            ambiguity=RetrySchedule(
+                base=settings.cms_sync_ambiguous_store_backoff,
+                max_attempts=settings.cms_sync_ambiguous_store_max,
+            ),
+            clock=clock,
         )
 
 

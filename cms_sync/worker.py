@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from cms_sync.errors import (
+    AmbiguousStore,
     AuthenticationError,
     CmsSyncError,
     DocumentNotFound,
@@ -28,6 +29,8 @@ from cms_sync.errors import (
     InvalidResponse,
     RevisionConflict,
     StaleRead,
+    StoreDeferred,
+    StoreUnanswered,
     StoreUnavailable,
     TransportError,
     UnavailableError,
@@ -54,6 +57,8 @@ class Verdict(enum.Enum):
 class Outcome:
     verdict: Verdict
     message: str | None = None
+    #: A retry must not run before this (an asset waiting out its unanswered-store backoff).
+    not_before: float | None = None
 
 
 def is_retryable(error: CmsSyncError) -> bool:
@@ -70,7 +75,9 @@ def is_retryable(error: CmsSyncError) -> bool:
         | RevisionConflict
         | AuthenticationError
         | StoreUnavailable
-        | InternalError,
+        | InternalError
+        | AmbiguousStore
+        | StoreDeferred,
     )
 
 
@@ -90,7 +97,14 @@ def judge(report: SyncReport, job: Job, *, read_retries: int) -> Outcome:
     if report.failures:
         message = "; ".join(f"{f.slot}: {f.error}" for f in report.failures)
         retry = any(is_retryable(f.error) for f in report.failures)
-        return Outcome(Verdict.RETRY if retry else Verdict.FAIL, message)
+        waits = [
+            f.error.retry_at
+            for f in report.failures
+            if isinstance(f.error, StoreUnanswered) and f.error.retry_at is not None
+        ]
+        if not retry:
+            return Outcome(Verdict.FAIL, message)
+        return Outcome(Verdict.RETRY, message, not_before=max(waits, default=None))
     return Outcome(Verdict.DONE)
 
 
@@ -313,6 +327,7 @@ class Worker:
                 log.info("job_waiting_for_document", error=message)
             elif verdict is Verdict.RETRY:
                 delay = options.schedule.delay(job.attempts)
+                delay = max(delay, (outcome.not_before or now) - now)
                 kept = await self._store.retry(job, now=now, run_after=now + delay, error=message)
                 log.warning("job_retry", error=message, delay=round(delay, 1))
             else:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -77,6 +78,40 @@ def test_store_body_matches_the_documented_contract() -> None:
         "upload_tags": TAGS,
     }
     assert json.loads(base64.urlsafe_b64decode(policy)) == {"call": ["store"], "expiry": NOW + 300}
+
+
+@pytest.mark.parametrize(
+    ("folder", "asset_id", "extension", "key"),
+    [
+        ("sanity/", "image-abc-10x10-jpg", "jpg", "sanity/image-abc-10x10-jpg.jpg"),
+        ("sanity", "file-abc-pdf", "pdf", "sanity/file-abc-pdf.pdf"),
+        (None, "image-abc-10x10-jpg", "jpg", "image-abc-10x10-jpg.jpg"),
+        ("sanity/", "image-abc", None, "sanity/image-abc"),
+        ("sanity/", "../../etc/passwd", "j/pg", "sanity/.._.._etc_passwd.jpg"),
+    ],
+)
+def test_every_asset_has_one_storage_key(
+    folder: str | None, asset_id: str, extension: str | None, key: str
+) -> None:
+    client = FilestackClient(httpx.AsyncClient(), api_key="k", process_url=PROCESS, path=folder)
+    assert client.storage_key(asset_id, extension) == key
+    body = client.store_body(SOURCE, filename=None, tags={}, key=key)
+    assert body["tasks"][0]["params"]["path"] == key
+
+
+@pytest.mark.anyio
+async def test_a_whole_store_ends_within_its_deadline() -> None:
+    """Retries and slow answers included: the call as a whole is bounded."""
+    never = asyncio.Event()
+
+    async def stall(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(stall)) as http:
+        client = FilestackClient(http, api_key="k", process_url=PROCESS, deadline=0.05)
+        with pytest.raises(ResponseTimeout, match=r"not answered within 0.05 s"):
+            await client.store_url(SOURCE, filename=None, tags={})
 
 
 def test_security_vector_from_the_wire_facts() -> None:
@@ -232,7 +267,9 @@ async def test_request_body_equals_filestack_python_upload_url(
         sdk_client = sdk.Client("fs-test-key")
         # The SDK's Client.upload_url is synchronous (requests); run it as the SDK user would.
         link = sdk_client.upload_url(
-            SOURCE, store_params={"filename": "hero.jpg", "path": "sanity/"}, security=security
+            SOURCE,
+            store_params={"filename": "hero.jpg", "path": "sanity/image-abc-10x10-jpg.jpg"},
+            security=security,
         )
         assert link.handle == "Z3yKq8xTQWy3vGgq2aBc"
 
@@ -245,9 +282,12 @@ async def test_request_body_equals_filestack_python_upload_url(
                 app_secret=SecretStr(secret) if secret else None,
                 clock=lambda: NOW,
             )
-            await ours.store_url(SOURCE, filename="hero.jpg", tags=TAGS)
+            key = ours.storage_key("image-abc-10x10-jpg", "jpg")
+            await ours.store_url(SOURCE, filename="hero.jpg", tags=TAGS, key=key)
 
     sdk_body, our_body = bodies
+    # The storage key: the store task's path, without a trailing "/", is the exact key.
+    assert our_body["tasks"][0]["params"]["path"] == "sanity/image-abc-10x10-jpg.jpg"
     # The SDK drops upload_tags from store params; ours sends them top-level as filestack-js does.
     assert our_body.pop("upload_tags") == TAGS
     assert our_body == sdk_body

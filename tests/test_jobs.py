@@ -113,14 +113,41 @@ async def test_retry_waits_until_run_after(store: JobStore) -> None:
     assert again is not None and again.attempts == 2 and again.last_error == "Filestack: HTTP 503"
 
 
-async def test_retry_defers_to_a_newer_pending_job(store: JobStore) -> None:
+async def test_a_retry_folds_into_a_newer_pending_job_which_keeps_the_backoff(
+    store: JobStore,
+) -> None:
     await store.accept("k1", [ev("a")], now=0)
     job = await claim(store)
     await store.accept("k2", [ev("a")], now=1)
     assert job is not None and await store.retry(job, now=2, run_after=500, error="x")
-    newer = await claim(store, now=3)
-    assert newer is not None and newer.id != job.id and newer.attempts == 1
-    assert (await store.stats(now=3)).counts[JobState.PENDING] == 0
+    assert (await store.stats(now=3)).counts == {
+        JobState.PENDING: 1,
+        JobState.RUNNING: 0,
+        JobState.DONE: 0,
+        JobState.FAILED: 0,
+    }
+    assert await claim(store, now=499) is None
+    newer = await claim(store, now=500)
+    assert newer is not None and newer.attempts == 2  # the retried attempt still counts
+
+
+async def test_a_delivery_does_not_cut_a_backoff_short(store: JobStore) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    job = await claim(store)
+    assert job is not None and await store.retry(job, now=1, run_after=100, error="x")
+    for n in range(10):  # an editor saving again and again
+        assert (await store.accept(f"save-{n}", [ev("a")], now=2 + n)).coalesced == ("a",)
+    assert await claim(store, now=50) is None
+    assert await claim(store, now=100) is not None
+
+
+async def test_replay_makes_a_backing_off_job_due_now(store: JobStore) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    job = await claim(store)
+    assert job is not None and await store.retry(job, now=1, run_after=100, error="x")
+    await store.enqueue(["a"], now=2)
+    again = await claim(store, now=2)
+    assert again is not None and again.attempts == 1
 
 
 async def test_read_retries_are_counted(store: JobStore) -> None:

@@ -29,22 +29,11 @@ from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import SlotFailure, SyncReport, open_syncer
 from cms_sync.worker import Verdict, Worker, WorkerOptions, judge
 from fakes import FakeContentLake, FakeFilestack
-from wiring import make_settings, no_wait_policy
+from wiring import Clock, make_settings, no_wait_policy
 
 pytestmark = pytest.mark.anyio
 
 START = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -84,7 +73,7 @@ async def rig(
     filestack_transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Rig]:
     lake, fs = FakeContentLake.from_fixtures(), fs or FakeFilestack()
-    clock = Clock()
+    clock = Clock(START)
     store = await SQLiteJobStore.open(tmp_path / "jobs.db")
     try:
         async with open_syncer(
@@ -94,6 +83,7 @@ async def rig(
             retry=no_wait_policy(),
             sanity_transport=httpx.MockTransport(lake),
             filestack_transport=filestack_transport or httpx.MockTransport(fs),
+            clock=clock,
         ) as syncer:
             worker = Worker(store, syncer, options or WorkerOptions(schedule=SCHEDULE), clock=clock)
             yield Rig(lake, fs, store, worker, clock)
@@ -177,7 +167,8 @@ async def test_delivery_to_patched_then_our_own_update_changes_nothing(tmp_path:
 
 async def test_retry_schedule_then_dead_letter_without_sleeping(tmp_path: Path) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503, text="busy")
+        # 429: retryable, and certainly stored nothing (a 5xx may have: see test_ambiguity)
+        return httpx.Response(429, text="slow down")
 
     fs = FakeFilestack()
     fs.scripted = [refuse] * 100
@@ -197,7 +188,7 @@ async def test_retry_schedule_then_dead_letter_without_sleeping(tmp_path: Path) 
         (failure,) = await r.store.failures()
         assert failure.attempts == SCHEDULE.max_attempts
         assert failure.last_error.startswith(
-            "gave up after 4 attempts: mainImage: Filestack: HTTP 503"
+            "gave up after 4 attempts: mainImage: Filestack: HTTP 429"
         )
         assert r.lake.mutations == []
 

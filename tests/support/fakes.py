@@ -232,6 +232,11 @@ class FakeFilestack:
     refuse: set[str] = field(default_factory=set)
     scripted: list[Handler] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    #: Storage key -> handle of the object there: a store to an existing key overwrites it.
+    objects: dict[str, str] = field(default_factory=dict)
+    #: When it returns a response (or raises, e.g. ``httpx.ReadTimeout``), the store is done
+    #: but its answer is replaced: an answer lost after the file was stored.
+    lose_answer: Callable[[httpx.Response], httpx.Response] | None = None
     #: When set, every store waits here until the event is set (sources listed in ``held``).
     gate: threading.Event | None = None
     held: list[str] = field(default_factory=list)
@@ -264,18 +269,23 @@ class FakeFilestack:
             self.stores.append(body)
             handle = hashlib.sha1(f"{len(self.stores)}:{source}".encode()).hexdigest()[:20]
             filename = store.get("filename") or source.rsplit("/", 1)[-1]
-            return _json(
+            path = store.get("path", "")
+            # A path ending in "/" is a folder (a random prefix is added); else the exact key.
+            key = path if path and not path.endswith("/") else f"{path}{handle[:4]}_{filename}"
+            self.objects[key] = handle
+            answer = _json(
                 200,
                 {
                     "container": "fs-test-bucket",
                     "filename": filename,
                     "handle": handle,
-                    "key": f"{store.get('path', '')}{handle[:4]}_{filename}",
+                    "key": key,
                     "size": 1000 + len(self.stores),
                     "type": _mime(filename),
                     "url": f"{self.cdn}/{handle}",
                 },
             )
+            return answer if self.lose_answer is None else self.lose_answer(answer)
 
     def _security_problem(self, body: dict[str, Any]) -> str | None:
         security = next((t["params"] for t in body["tasks"] if t["name"] == "security"), None)
