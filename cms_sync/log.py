@@ -50,6 +50,10 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
+    if as_json:
+        # The stack as text under "exception" (the console renderer draws its own); without
+        # this, JSON shows ``exc_info: true`` and a crashed job leaves no stack.
+        shared.append(structlog.processors.format_exc_info)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
