@@ -100,6 +100,7 @@ def create_app(
                     mapping=mapping,
                     webhook_secret=secret if verify_signatures else None,
                     max_body=settings.cms_sync_webhook_max_body,
+                    max_documents=settings.cms_sync_webhook_max_documents,
                     signature_tolerance=settings.cms_sync_webhook_tolerance,
                     clock=clock,
                     worker_required=start_worker,

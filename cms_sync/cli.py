@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from cms_sync import __version__
 from cms_sync.app import check_settings, create_app, worker_options
+from cms_sync.deliveries import id_problem, shown_id
 from cms_sync.errors import (
     AuthenticationError,
     CmsSyncError,
@@ -99,8 +100,9 @@ def format_plan(report: SyncReport) -> list[str]:
 
 def _usable_id(document_id: str) -> str | None:
     """Why a document id cannot be synced, or None."""
-    if not document_id.strip():
-        return "empty document id"
+    problem = id_problem(document_id)
+    if problem is not None:
+        return problem
     if document_id.startswith(("drafts.", "versions.")):
         return "only published documents are synced (drafts and versions are not)"
     return None
@@ -121,7 +123,7 @@ async def run_sync(
             for document_id in dict.fromkeys(document_ids):
                 problem = _usable_id(document_id)
                 if problem is not None:
-                    print(f"{document_id}: error: {problem}", file=out, flush=True)
+                    print(f"{shown_id(document_id)}: error: {problem}", file=out, flush=True)
                     failed += 1
                     continue
                 report = await syncer.sync(document_id, dry_run=dry_run)
@@ -160,7 +162,7 @@ async def run_replay(
         unusable = {doc_id: _usable_id(doc_id) for doc_id in ids}
         for doc_id, problem in unusable.items():
             if problem is not None:
-                print(f"{doc_id}: error: {problem}", file=out)
+                print(f"{shown_id(doc_id)}: error: {problem}", file=out)
         ids = [doc_id for doc_id, problem in unusable.items() if problem is None]
         await store.enqueue(ids, now=time.time())
         refused = EXIT_FAILED if len(ids) < len(unusable) else EXIT_OK

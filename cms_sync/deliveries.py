@@ -8,20 +8,29 @@ Two body shapes are accepted:
 - The legacy transaction body of the seed integration guide:
   ``{"ids": {"created": [...], "updated": [...], "deleted": [...], "all": [...]}}``.
 
-Drafts, versions, deletes and types the mapping does not list are acknowledged and not
-queued; each such id comes back with the reason.
+Drafts, versions, deletes, types the mapping does not list and ids that are not Sanity
+document ids are acknowledged and not queued; each such id comes back with the reason.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cms_sync.errors import MalformedDelivery
+from cms_sync.errors import DeliveryTooLarge, MalformedDelivery
 from cms_sync.mapping import MediaMapping
+
+#: Sanity document ids: a-zA-Z0-9._- (Sanity's "IDs and Paths"), at most 128 characters.
+MAX_ID_LENGTH = 128
+_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+#: How much of an unusable id is shown back in a reason or a log line.
+_SHOWN = 64
+#: Default cap on the documents one delivery may name.
+MAX_DOCUMENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,32 @@ def parse_timestamp(value: str | None) -> float | None:
     return parsed.timestamp()
 
 
+def shown_id(document_id: str) -> str:
+    """An id cut short for messages: a hostile 900k-character id must not fill a log."""
+    if len(document_id) <= _SHOWN:
+        return document_id
+    return f"{document_id[:_SHOWN]}… ({len(document_id)} characters)"
+
+
+def id_problem(document_id: str) -> str | None:
+    """Why ``document_id`` is not a Sanity document id, or None when it is one."""
+    if not document_id:
+        return "empty document id"
+    if len(document_id) > MAX_ID_LENGTH:
+        return f"not a Sanity document id: longer than {MAX_ID_LENGTH} characters"
+    if not _ID.match(document_id):
+        return "not a Sanity document id: only letters, digits, '.', '_' and '-' are allowed"
+    if any(segment.startswith("-") for segment in document_id.split(".")):
+        return "not a Sanity document id: a path segment starts with '-'"
+    return None
+
+
 def _skip_reason(
     document_id: str, doc_type: str | None, operation: str | None, mapping: MediaMapping
 ) -> str | None:
+    problem = id_problem(document_id)
+    if problem is not None:
+        return problem
     if document_id.startswith("drafts."):
         return "draft: only published documents are synced"
     if document_id.startswith("versions."):
@@ -80,16 +112,26 @@ def _legacy_ids(ids: Any) -> list[tuple[str, str]]:
     return found
 
 
-def parse_delivery(body: bytes, headers: Mapping[str, str], mapping: MediaMapping) -> Delivery:
+def parse_delivery(
+    body: bytes,
+    headers: Mapping[str, str],
+    mapping: MediaMapping,
+    *,
+    max_documents: int = MAX_DOCUMENTS,
+) -> Delivery:
     """The events a delivery asks for, and the ids it names that are not queued.
 
     Raises:
-        MalformedDelivery: not a JSON object, or no document id anywhere.
+        MalformedDelivery: not a JSON object (or nested too deep to read), no document id
+            anywhere, or none that is a Sanity document id.
+        DeliveryTooLarge: more than ``max_documents`` distinct ids.
     """
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise MalformedDelivery("body is not JSON") from None
+    except RecursionError:
+        raise MalformedDelivery("body is nested too deeply") from None
     if not isinstance(data, dict):
         raise MalformedDelivery("body is not a JSON object")
     header_op = (headers.get("sanity-operation") or "").strip().lower() or None
@@ -106,13 +148,19 @@ def parse_delivery(body: bytes, headers: Mapping[str, str], mapping: MediaMappin
         candidates = [(doc_id.strip(), doc_type if isinstance(doc_type, str) else None, header_op)]
     if not candidates:
         raise MalformedDelivery("no document id in 'ids'")
+    distinct = len({doc_id for doc_id, _, _ in candidates})
+    if distinct > max_documents:
+        raise DeliveryTooLarge(f"{distinct} documents in one delivery; at most {max_documents}")
+    if all(id_problem(doc_id) is not None for doc_id, _, _ in candidates):
+        doc_id = candidates[0][0]
+        raise MalformedDelivery(f"{shown_id(doc_id)!r}: {id_problem(doc_id)}")
 
     events: dict[str, DocumentEvent] = {}
     ignored: list[tuple[str, str]] = []
     for doc_id, doc_type, operation in candidates:
         reason = _skip_reason(doc_id, doc_type, operation, mapping)
         if reason is not None:
-            ignored.append((doc_id, reason))
+            ignored.append((shown_id(doc_id), reason))
         elif doc_id not in events:
             events[doc_id] = DocumentEvent(doc_id, operation, when)
     key = (headers.get("idempotency-key") or "").strip() or None

@@ -5,7 +5,8 @@ CmsSyncError
 ├── ConfigError                  bad settings or media mapping (exit 2)
 ├── WebhookError                 a webhook delivery we must refuse
 │   ├── SignatureError           missing, malformed or wrong signature (401)
-│   └── MalformedDelivery        not JSON, or no document id (400)
+│   ├── MalformedDelivery        not JSON, too deep, or no valid document id (400)
+│   └── DeliveryTooLarge         names more documents than allowed (413)
 ├── StoreUnavailable             the job store cannot be read or written (503)
 ├── InternalError                a bug surfaced while running a job (retried, then failed)
 ├── TransportError               no usable HTTP response; the request may have been sent
@@ -86,7 +87,11 @@ class SignatureError(WebhookError):
 
 
 class MalformedDelivery(WebhookError):
-    """The delivery body is not JSON, or names no document."""
+    """The delivery body is not JSON (or nested too deep), or names no valid document."""
+
+
+class DeliveryTooLarge(WebhookError):
+    """The delivery names more documents than ``CMS_SYNC_WEBHOOK_MAX_DOCUMENTS``."""
 
 
 class StoreUnavailable(CmsSyncError):

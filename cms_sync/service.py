@@ -20,6 +20,7 @@ class Service:
     #: None only with ``--insecure-skip-signature``.
     webhook_secret: SecretStr | None
     max_body: int
+    max_documents: int
     signature_tolerance: float | None
     clock: Callable[[], float]
     worker_required: bool = True

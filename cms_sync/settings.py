@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     cms_sync_host: str = "127.0.0.1"
     cms_sync_port: int = Field(default=8080, ge=0, le=65535)
     cms_sync_webhook_max_body: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Most documents one delivery may name (a legacy body lists ids; 413 above).
+    cms_sync_webhook_max_documents: int = Field(default=1000, ge=1, le=100_000)
     #: Refuse signatures older than this many seconds; off by default (Sanity retries for
     #: 30 minutes and may not re-sign).
     cms_sync_webhook_tolerance: float | None = Field(default=None, gt=0)

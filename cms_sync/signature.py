@@ -20,7 +20,11 @@ from cms_sync.errors import SignatureError
 HEADER = "sanity-webhook-signature"
 #: @sanity/webhook refuses timestamps before 2021-01-01 (in ms).
 MIN_TIMESTAMP_MS = 1_609_459_200_000
-_HEADER_FORMAT = re.compile(r"^t=(\d+)[, ]+v1=([^, ]+)$")
+#: At most 16 digits: milliseconds until the year 318857 (a longer number is an attack on
+#: int(), which refuses past 4300 digits, not a timestamp); the signature is 43 characters.
+_HEADER_FORMAT = re.compile(r"^t=(\d{1,16})[, ]+v1=([^, ]{1,128})$")
+#: A longer header is malformed without being scanned.
+_MAX_HEADER = 256
 
 
 def compute(secret: str, body: bytes, timestamp_ms: int) -> str:
@@ -44,6 +48,8 @@ def parse_header(header: str | None) -> tuple[int, str]:
     """
     if not header or not header.strip():
         raise SignatureError("missing sanity-webhook-signature header")
+    if len(header) > _MAX_HEADER:
+        raise SignatureError("malformed sanity-webhook-signature header")
     match = _HEADER_FORMAT.match(header.strip())
     if match is None:
         raise SignatureError("malformed sanity-webhook-signature header")

@@ -169,6 +169,18 @@ def test_drafts_are_refused_up_front(world: World) -> None:
     assert world.lake.queries == []
 
 
+def test_ids_that_are_not_sanity_ids_are_refused_up_front(world: World) -> None:
+    run = world.run("sync", "product 1", "x" * 5000)
+    assert run.code == 1
+    assert run.out.splitlines() == [
+        "product 1: error: not a Sanity document id: only letters, digits, '.', '_' and '-' "
+        "are allowed",
+        f"{'x' * 64}… (5000 characters): error: not a Sanity document id: longer than 128 "
+        "characters",
+    ]
+    assert world.lake.queries == []
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

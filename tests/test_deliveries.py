@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cms_sync.deliveries import DocumentEvent, parse_delivery, parse_timestamp
-from cms_sync.errors import MalformedDelivery
+from cms_sync.deliveries import DocumentEvent, id_problem, parse_delivery, parse_timestamp
+from cms_sync.errors import DeliveryTooLarge, MalformedDelivery
 from cms_sync.mapping import default_mapping
 
 MAPPING = default_mapping()
@@ -106,3 +106,54 @@ def test_malformed_deliveries(body: bytes, message: str) -> None:
 )
 def test_parse_timestamp(value: str | None, seconds: float | None) -> None:
     assert parse_timestamp(value) == seconds
+
+
+def test_a_body_nested_too_deep_is_malformed_not_a_crash() -> None:
+    with pytest.raises(MalformedDelivery, match="nested too deeply"):
+        parse(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "valid"),
+    [
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("189bc292-e41b-42a0-91b5-bfaa33a34af2", True),
+        ("animal.mammal.dog", True),
+        ("-abcde-12345", False),
+        ("dog.-abcde", False),
+        ("product 1", False),
+        ("product/1", False),
+        ("prøduct", False),
+        ("", False),
+    ],
+)
+def test_sanity_document_ids(doc_id: str, valid: bool) -> None:
+    assert (id_problem(doc_id) is None) is valid
+
+
+def test_ids_that_are_not_sanity_ids_are_ignored_with_a_short_reason() -> None:
+    hostile = "x" * 900_000
+    delivery = parse({"ids": {"updated": ["post-1", hostile, "bad id"]}})
+    assert [e.document_id for e in delivery.events] == ["post-1"]
+    (shown, reason), (_, other) = delivery.ignored
+    assert len(shown) < 100 and shown.endswith("(900000 characters)")
+    assert "longer than 128" in reason and "only letters" in other
+
+
+def test_a_delivery_with_no_valid_id_is_malformed() -> None:
+    with pytest.raises(MalformedDelivery, match="not a Sanity document id"):
+        parse({"_id": "x" * 900_000, "_type": "post"})
+
+
+def test_documents_per_delivery_are_capped() -> None:
+    ids = [f"post-{n}" for n in range(11)]
+    assert len(parse_delivery(_raw({"ids": {"updated": ids}}), {}, MAPPING).events) == 11
+    with pytest.raises(DeliveryTooLarge, match="11 documents in one delivery; at most 10"):
+        parse_delivery(_raw({"ids": {"updated": ids}}), {}, MAPPING, max_documents=10)
+    # Repeats of one id count once.
+    assert parse_delivery(_raw({"ids": {"updated": ["a"] * 50}}), {}, MAPPING, max_documents=1)
+
+
+def _raw(body: object) -> bytes:
+    return json.dumps(body).encode()

@@ -52,3 +52,17 @@ def test_tolerance_is_off_by_default_and_enforced_when_set() -> None:
     assert signature.verify(OFFICIAL["header"], body, "test", tolerance=300, now=now + 299)
     with pytest.raises(SignatureError, match="away from now"):
         signature.verify(OFFICIAL["header"], body, "test", tolerance=300, now=now + 301)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "t=" + "9" * 5000 + ",v1=abc",  # int() of it would raise past 4300 digits
+        "t=1633519811129,v1=" + "a" * 10_000,
+        "t=1633519811129," + " " * 100_000 + "v1=abc",
+    ],
+    ids=["huge-timestamp", "huge-signature", "huge-padding"],
+)
+def test_hostile_headers_are_signature_errors(header: str) -> None:
+    with pytest.raises(SignatureError, match="malformed"):
+        signature.verify(header, b'{"_id":"resume"}', "test")

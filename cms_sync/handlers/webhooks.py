@@ -2,8 +2,9 @@
 
 Status codes follow Sanity's delivery rules: 2xx is done, 4xx (not 429) is dropped, 5xx is
 retried for up to 30 minutes. So: 202 once the job is on disk, 200 for a repeat or for a
-delivery with nothing to queue, 400/401/413 for deliveries that can never succeed, and
-503 only when the job store cannot be written, so that Sanity tries again.
+delivery with nothing to queue, 400/401/413 for deliveries that can never succeed (413:
+a body over the byte limit, or more documents than allowed), and 503 only when the job
+store cannot be written, so that Sanity tries again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from starlette.responses import JSONResponse
 
 from cms_sync import signature
 from cms_sync.deliveries import parse_delivery
-from cms_sync.errors import MalformedDelivery, SignatureError, StoreUnavailable
+from cms_sync.errors import (
+    DeliveryTooLarge,
+    MalformedDelivery,
+    SignatureError,
+    StoreUnavailable,
+)
 from cms_sync.service import Service
 
 log = structlog.get_logger(__name__)
@@ -68,10 +74,15 @@ async def sanity_webhook(request: Request) -> JSONResponse:
         else:
             log.warning("delivery_unverified", reason="--insecure-skip-signature")
         try:
-            delivery = parse_delivery(body, request.headers, service.mapping)
+            delivery = parse_delivery(
+                body, request.headers, service.mapping, max_documents=service.max_documents
+            )
         except MalformedDelivery as exc:
             log.warning("delivery_rejected", reason=str(exc))
             return _error(400, str(exc))
+        except DeliveryTooLarge as exc:
+            log.warning("delivery_rejected", reason=str(exc))
+            return _error(413, str(exc))
         ignored = [{"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored]
         if not delivery.events:
             log.info("delivery_ignored", ignored=ignored)

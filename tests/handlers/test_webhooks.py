@@ -239,3 +239,35 @@ def test_health_and_readiness(client: Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     assert client.http.post("/healthz").status_code == 405
+
+
+def test_a_timestamp_of_thousands_of_digits_is_401_not_500(client: Client) -> None:
+    body = b'{"_id":"product-1"}'
+    header = f"t={'9' * 5000},v1={signature.compute(SECRET, body, 1)}"
+    response = client.post(body, {"sanity-webhook-signature": header})
+    assert response.status_code == 401
+    assert sum(client.stats().values()) == 0
+
+
+def test_a_signed_body_nested_100k_deep_is_400_not_500(client: Client) -> None:
+    response = post(client, b"[" * 100_000 + b"]" * 100_000)
+    assert (response.status_code, response.json()) == (400, {"error": "body is nested too deeply"})
+
+
+def test_an_id_that_is_not_a_sanity_id_queues_nothing(client: Client) -> None:
+    response = post(client, {"_id": "x" * 900_000, "_type": "post"})
+    assert response.status_code == 400
+    assert len(response.content) < 300 and "longer than 128" in response.json()["error"]
+    assert sum(client.stats().values()) == 0
+
+
+def test_documents_per_delivery_are_capped_413(tmp_path: Path) -> None:
+    with serve(tmp_path, cms_sync_webhook_max_documents=100) as client:
+        ids = [f"post-{n}" for n in range(101)]
+        response = post(client, {"ids": {"created": [], "updated": ids, "deleted": []}})
+        assert response.status_code == 413
+        assert response.json() == {"error": "101 documents in one delivery; at most 100"}
+        assert sum(client.stats().values()) == 0
+        # The key was not used up: a delivery within the cap with it is queued.
+        within = post(client, {"ids": {"created": [], "updated": ids[:100], "deleted": []}})
+        assert within.status_code == 202
