@@ -22,6 +22,7 @@ from cms_sync.handlers.webhooks import sanity_webhook
 from cms_sync.jobs import JobStore, RetrySchedule
 from cms_sync.mapping import MediaMapping
 from cms_sync.retry import RetryPolicy
+from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
 from cms_sync.settings import Settings
 from cms_sync.sqlite import SQLiteJobStore
@@ -93,7 +94,13 @@ def create_app(
                 filestack_transport=filestack_transport,
                 clock=clock,
             ) as syncer:
-                worker = Worker(job_store, syncer, worker_options(settings), clock=clock)
+                worker = Worker(
+                    job_store,
+                    syncer,
+                    worker_options(settings),
+                    clock=clock,
+                    scrub=Scrubber(settings.secret_values()),
+                )
                 app.state.service = Service(
                     store=job_store,
                     worker=worker,

@@ -28,6 +28,7 @@ from cms_sync.jobs import JobState, JobStore
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
+from cms_sync.scrub import Scrubber
 from cms_sync.settings import Settings, load_settings
 from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import SyncReport, open_syncer
@@ -117,6 +118,7 @@ async def run_sync(
     out: TextIO,
 ) -> int:
     failed = 0
+    scrub = Scrubber(settings.secret_values())
     store = await SQLiteJobStore.open(settings.cms_sync_database)
     try:
         async with open_syncer(settings, mapping, store.records) as syncer:
@@ -128,11 +130,8 @@ async def run_sync(
                     continue
                 report = await syncer.sync(document_id, dry_run=dry_run)
                 show_plan = dry_run and report.error is None
-                print(
-                    "\n".join(format_plan(report) if show_plan else [format_report(report)]),
-                    file=out,
-                    flush=True,
-                )
+                lines = format_plan(report) if show_plan else [format_report(report)]
+                print(scrub("\n".join(lines)), file=out, flush=True)
                 blocked = report.plan is not None and report.plan.count(Action.BLOCKED) > 0
                 if not report.ok or (dry_run and blocked):
                     failed += 1
@@ -183,8 +182,9 @@ async def _replay_now(
     out: TextIO,
 ) -> int:
     failed = 0
+    scrub = Scrubber(settings.secret_values())
     async with open_syncer(settings, mapping, store.records) as syncer:
-        worker = Worker(store, syncer, worker_options(settings))
+        worker = Worker(store, syncer, worker_options(settings), scrub=scrub)
         for document_id in document_ids:
             job = await worker.claim_document(document_id)
             report = None if job is None else await worker.execute(job)
@@ -192,7 +192,7 @@ async def _replay_now(
                 print(f"{document_id}: error: a worker is running it right now", file=out)
                 failed += 1
                 continue
-            print(format_report(report), file=out, flush=True)
+            print(scrub(format_report(report)), file=out, flush=True)
             failed += 0 if report.ok else 1
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
@@ -202,6 +202,7 @@ def _iso(timestamp: float) -> str:
 
 
 async def run_failures(settings: Settings, *, as_json: bool, out: TextIO) -> int:
+    scrub = Scrubber(settings.secret_values())  # rows older than the scrubbing, too
     store = await SQLiteJobStore.open(settings.cms_sync_database)
     try:
         failures = await store.failures()
@@ -212,7 +213,7 @@ async def run_failures(settings: Settings, *, as_json: bool, out: TextIO) -> int
             {
                 "document_id": f.document_id,
                 "attempts": f.attempts,
-                "last_error": f.last_error,
+                "last_error": scrub(f.last_error),
                 "failed_at": _iso(f.failed_at),
             }
             for f in failures
@@ -223,7 +224,8 @@ async def run_failures(settings: Settings, *, as_json: bool, out: TextIO) -> int
     else:
         for f in failures:
             print(
-                f"{f.document_id}\t{f.attempts} attempts\t{_iso(f.failed_at)}\t{f.last_error}",
+                f"{f.document_id}\t{f.attempts} attempts\t{_iso(f.failed_at)}\t"
+                + scrub(f.last_error),
                 file=out,
             )
     return EXIT_OK
@@ -373,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cms-sync: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(level=settings.cms_sync_log_level, fmt=settings.cms_sync_log_format)
+    configure_logging(
+        level=settings.cms_sync_log_level,
+        fmt=settings.cms_sync_log_format,
+        scrub=Scrubber(settings.secret_values()),
+    )
     try:
         code: int = args.func(args, settings, mapping)
     except ConfigError as exc:

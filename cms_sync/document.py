@@ -155,9 +155,16 @@ def parse_document(result: Mapping[str, Any], mapping: MediaMapping) -> Document
         slots: list[Slot] = []
         for field in mapping.types.get(base.type, ()):
             slots.extend(_field_slots(field, result.get(field.name)))
-    except (pydantic.ValidationError, ValueError) as exc:
+    except pydantic.ValidationError as exc:
+        # Where and what, never the input value: that is upstream text.
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
         raise InvalidResponse(
-            "Sanity", 200, f"query result has an unexpected shape: {exc}".splitlines()[0]
+            "Sanity", 200, f"query result has an unexpected shape: {where}: {first['msg']}"
+        ) from exc
+    except ValueError as exc:
+        raise InvalidResponse(
+            "Sanity", 200, f"query result has an unexpected shape: {exc}"
         ) from exc
     return Document(
         id=base.id, type=base.type, rev=base.rev, updated_at=base.updatedAt, slots=tuple(slots)

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from cms_sync import __version__
 from cms_sync.errors import InvalidResponse, ResponseTimeout, excerpt
 from cms_sync.retry import RetryPolicy, store_is_safe
+from cms_sync.scrub import Scrubber
 from cms_sync.settings import Settings
 from cms_sync.transport import json_body, raise_for_status, send
 
@@ -90,7 +91,7 @@ class StoredFile:
     filename: str | None
 
 
-def parse_store_response(body: Any, *, status: int) -> StoredFile:
+def parse_store_response(body: Any, *, status: int, scrub: Scrubber | None = None) -> StoredFile:
     """Read a store response; the MIME type is ``type`` (or ``mimetype`` elsewhere).
 
     Raises:
@@ -98,7 +99,9 @@ def parse_store_response(body: Any, *, status: int) -> StoredFile:
     """
     if not isinstance(body, dict) or not isinstance(body.get("handle"), str) or not body["handle"]:
         raise InvalidResponse(
-            SERVICE, status, f"store response has no handle: {excerpt(str(body), 120)}"
+            SERVICE,
+            status,
+            f"store response has no handle: {excerpt((scrub or Scrubber())(str(body)), 120)}",
         )
     url = body.get("url")
     if not isinstance(url, str) or not url:
@@ -130,6 +133,7 @@ class FilestackClient:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
         deadline: float = 120.0 * _DEADLINE_FACTOR,
+        scrub: Scrubber | None = None,
     ) -> None:
         self._http = http
         self._api_key = api_key
@@ -142,6 +146,8 @@ class FilestackClient:
         self._retry = retry or RetryPolicy()
         self._clock = clock
         self.deadline = deadline
+        # The key, policy and signature of each request are always scrubbed (transport).
+        self._scrub = scrub or Scrubber()
 
     @classmethod
     def from_settings(
@@ -156,6 +162,7 @@ class FilestackClient:
             app_secret=settings.filestack_app_secret,
             retry=retry,
             deadline=settings.cms_sync_filestack_timeout * _DEADLINE_FACTOR,
+            scrub=Scrubber(settings.secret_values()),
         )
 
     def storage_key(self, asset_id: str, extension: str | None) -> str:
@@ -229,10 +236,11 @@ class FilestackClient:
                     store_is_safe, operation="filestack_store"
                 ):
                     with attempt:
-                        reply = await send(self._http, request, service=SERVICE)
+                        reply = await send(self._http, request, service=SERVICE, scrub=self._scrub)
         except TimeoutError:
             raise ResponseTimeout(
                 SERVICE, f"store not answered within {self.deadline:g} s"
             ) from None
         raise_for_status(reply, service=SERVICE, parse_error=parse_error)
-        return parse_store_response(json_body(reply, service=SERVICE), status=reply.status)
+        body = json_body(reply, service=SERVICE)
+        return parse_store_response(body, status=reply.status, scrub=reply.scrub)

@@ -17,6 +17,7 @@ import httpx
 from cms_sync import __version__
 from cms_sync.errors import InvalidResponse
 from cms_sync.retry import RetryPolicy, guarded_mutation_is_safe, query_is_safe
+from cms_sync.scrub import Scrubber
 from cms_sync.settings import Settings
 from cms_sync.transport import MAX_RESPONSE_BYTES, Reply, json_body, raise_for_status, send
 
@@ -88,8 +89,15 @@ class SanityClient:
         retry: RetryPolicy | None = None,
         max_get_url: int = MAX_GET_URL,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        scrub: Scrubber | None = None,
     ) -> None:
+        """
+        Args:
+            scrub: the configured secrets, scrubbed from errors built from answers (the
+                request's bearer token always is).
+        """
         self._http = http
+        self._scrub = scrub
         self._dataset = dataset
         self._retry = retry or RetryPolicy()
         self._max_get_url = max_get_url
@@ -153,6 +161,12 @@ class SanityClient:
         )
 
     async def _send(self, request: httpx.Request) -> Reply:
-        reply = await send(self._http, request, service=SERVICE, max_bytes=self._max_response_bytes)
+        reply = await send(
+            self._http,
+            request,
+            service=SERVICE,
+            max_bytes=self._max_response_bytes,
+            scrub=self._scrub,
+        )
         raise_for_status(reply, service=SERVICE, parse_error=parse_error)
         return reply

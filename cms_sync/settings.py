@@ -128,6 +128,12 @@ class Settings(BaseSettings):
             return tuple(parse_allowed_host(part) for part in entries)
         return value
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret: what must never reach a log, the job store or output."""
+        secrets = [self.sanity_write_token, self.filestack_app_secret, self.sanity_webhook_secret]
+        values = [s.get_secret_value() for s in secrets if s is not None]
+        return [*values, self.filestack_api_key]
+
     @property
     def sanity_base_url(self) -> str:
         """``https://<project>.api.sanity.io/v<version>`` or ``<SANITY_API_HOST>/v<version>``."""

@@ -43,6 +43,7 @@ from cms_sync.planner import Action, Plan, plan_document
 from cms_sync.records import AssetRecords, StoredAsset, StoreGate
 from cms_sync.retry import RetryPolicy, store_may_have_happened
 from cms_sync.sanity import SanityClient
+from cms_sync.scrub import Scrubber
 from cms_sync.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -315,7 +316,12 @@ async def open_syncer(
         filestack.http_client(settings, transport=filestack_transport) as filestack_http,
     ):
         yield Syncer(
-            sanity=sanity.SanityClient(sanity_http, dataset=settings.sanity_dataset, retry=retry),
+            sanity=sanity.SanityClient(
+                sanity_http,
+                dataset=settings.sanity_dataset,
+                retry=retry,
+                scrub=Scrubber(settings.secret_values()),
+            ),
             filestack=filestack.FilestackClient.from_settings(
                 filestack_http, settings, retry=retry
             ),

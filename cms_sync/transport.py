@@ -2,14 +2,16 @@
 
 Shared by the Sanity and Filestack clients: a bounded response body, httpx's
 exceptions mapped by whether the request can have been sent, and non-2xx statuses
-mapped by class (4xx rejected, 429/5xx unavailable).
+mapped by class (4xx rejected, 429/5xx unavailable). Every message built here from what
+the remote said is scrubbed of secrets: the configured ones, and those of the request
+itself (an upstream that echoes the request would otherwise put them in our errors).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ from cms_sync.errors import (
     excerpt,
     status_error,
 )
+from cms_sync.scrub import Scrubber, request_secrets
 
 #: Largest response body read into memory; API answers for one document are far smaller.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -36,10 +39,13 @@ class Reply:
     reason: str
     headers: httpx.Headers
     body: bytes
+    #: Scrubs the configured secrets and the request's own from text built from the reply.
+    scrub: Scrubber = field(default_factory=Scrubber)
 
     @property
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        """The body as text, scrubbed: the only way upstream text leaves this module."""
+        return self.scrub(self.body.decode("utf-8", errors="replace"))
 
     def json_or_none(self) -> Any:
         try:
@@ -48,9 +54,22 @@ class Reply:
             return None
 
 
-def _translate(service: str, request: httpx.Request, exc: httpx.TransportError) -> TransportError:
+def _scrubber(request: httpx.Request, configured: Scrubber) -> Scrubber:
+    body: Any = None
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = json.loads(request.content)
+        except ValueError:
+            body = None
+    return configured.adding(request_secrets(request.headers, body))
+
+
+def _translate(
+    service: str, request: httpx.Request, exc: httpx.TransportError, scrub: Scrubber
+) -> TransportError:
     where = f"{request.method} {request.url.copy_with(query=None)}"
-    detail = str(exc) or type(exc).__name__
+    # A protocol error can quote the bytes received, an echo of the request among them.
+    detail = scrub(str(exc)) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return ConnectError(service, f"cannot connect ({where}): {detail}")
     if isinstance(exc, httpx.TimeoutException):
@@ -64,13 +83,18 @@ async def send(
     *,
     service: str,
     max_bytes: int = MAX_RESPONSE_BYTES,
+    scrub: Scrubber | None = None,
 ) -> Reply:
     """Send ``request`` and read at most ``max_bytes`` of the answer.
+
+    Args:
+        scrub: the configured secrets; the request's own are added.
 
     Raises:
         TransportError: (or a subclass) no complete answer.
         InvalidResponse: the body is larger than ``max_bytes``.
     """
+    scrubber = _scrubber(request, scrub or Scrubber())
     try:
         response = await client.send(request, stream=True)
         try:
@@ -84,10 +108,14 @@ async def send(
         finally:
             await response.aclose()
     except httpx.TransportError as exc:
-        raise _translate(service, request, exc) from exc
-    reason = response.reason_phrase or ""
+        raise _translate(service, request, exc, scrubber) from exc
+    reason = scrubber(response.reason_phrase or "")
     return Reply(
-        status=response.status_code, reason=reason, headers=response.headers, body=bytes(body)
+        status=response.status_code,
+        reason=reason,
+        headers=response.headers,
+        body=bytes(body),
+        scrub=scrubber,
     )
 
 
@@ -102,7 +130,7 @@ def raise_for_status(reply: Reply, *, service: str, parse_error: ErrorParser) ->
         reply.reason,
         body=reply.text,
         error_type=error_type,
-        description=excerpt(description) if description else None,
+        description=excerpt(reply.scrub(description)) if description else None,
         headers=reply.headers,
     )
 

@@ -37,6 +37,7 @@ from cms_sync.errors import (
     UnmappedType,
 )
 from cms_sync.jobs import Job, JobStore, RetrySchedule
+from cms_sync.scrub import Scrubber
 from cms_sync.sync import Syncer, SyncReport
 
 log = structlog.get_logger(__name__)
@@ -128,8 +129,14 @@ class Worker:
         *,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
+        scrub: Scrubber | None = None,
     ) -> None:
+        """
+        Args:
+            scrub: the configured secrets, scrubbed from every error before it is stored.
+        """
         self._store = store
+        self._scrub = scrub or Scrubber()
         self._syncer = syncer
         self._options = options or WorkerOptions()
         self._clock = clock
@@ -307,15 +314,14 @@ class Worker:
         options = self._options
         outcome = judge(report, job, read_retries=options.read_retries)
         now = self._clock()
-        verdict, message = outcome.verdict, outcome.message or ""
+        verdict, message = outcome.verdict, self._scrub(outcome.message or "")
         if verdict is Verdict.RETRY and options.schedule.exhausted(job.attempts):
             verdict, message = Verdict.FAIL, f"gave up after {job.attempts} attempts: {message}"
         try:
             if verdict is Verdict.DONE:
-                kept = await self._store.finish(job, now=now, note=outcome.message)
-                log.info(
-                    "job_done", stored=report.stored, reused=report.reused, note=outcome.message
-                )
+                note = message or None
+                kept = await self._store.finish(job, now=now, note=note)
+                log.info("job_done", stored=report.stored, reused=report.reused, note=note)
             elif verdict is Verdict.RETRY_SOON:
                 kept = await self._store.retry(
                     job,

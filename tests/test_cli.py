@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fakes import FakeContentLake, FakeFilestack
@@ -225,3 +226,27 @@ def test_serve_start_up_errors_are_one_line(
     assert run.code == 2
     assert run.err.startswith(f"cms-sync: configuration error: {message}")
     assert len(run.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("echoing", ["sanity", "filestack"])
+def test_an_upstream_that_echoes_the_request_leaks_no_secret(tmp_path: Path, echoing: str) -> None:
+    """A debugging gateway in front of either service puts our credentials in its errors."""
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        text = f"{dict(request.headers)} {request.content.decode()}"
+        return httpx.Response(400 if echoing == "filestack" else 401, text=text)
+
+    lake = FakeContentLake.from_fixtures(token=TOKEN)
+    fs = FakeFilestack(app_secret=APP_SECRET)
+    with (
+        serve(echo if echoing == "sanity" else lake) as (sanity_url, _),
+        serve(echo if echoing == "filestack" else fs) as (filestack_url, _),
+    ):
+        env = service_env(
+            sanity_url, filestack_url, FILESTACK_APP_SECRET=APP_SECRET, CMS_SYNC_LOG_FORMAT="json"
+        )
+        run = World(lake, fs, env, tmp_path).run("sync", "post-1")
+    assert run.code == 1 and "[redacted]" in run.out
+    for secret in (TOKEN, APP_SECRET, env["FILESTACK_API_KEY"]):
+        assert secret not in run.out + run.err
+    assert_clean(run)
