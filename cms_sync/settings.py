@@ -14,7 +14,7 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cms_sync.allowlist import AllowedHost, parse_allowed_host
+from cms_sync.allowlist import AllowedHost, parse_allowed_host, project_assets
 from cms_sync.errors import ConfigError
 
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}|1|X)$")
@@ -48,9 +48,8 @@ class Settings(BaseSettings):
     filestack_store_path: str = "sanity/"
 
     cms_sync_config: Path | None = None
-    cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...], NoDecode] = (
-        AllowedHost("cdn.sanity.io"),
-    )
+    #: None: this project's dataset on cdn.sanity.io (see ``asset_allow_list``).
+    cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...] | None, NoDecode] = None
     cms_sync_sanity_timeout: float = Field(default=30.0, gt=0, le=600)
     cms_sync_filestack_timeout: float = Field(default=120.0, gt=0, le=900)
     cms_sync_store_concurrency: int = Field(default=4, ge=1, le=64)
@@ -127,6 +126,13 @@ class Settings(BaseSettings):
                 raise ValueError("needs at least one host")
             return tuple(parse_allowed_host(part) for part in entries)
         return value
+
+    @property
+    def asset_allow_list(self) -> tuple[AllowedHost, ...]:
+        """``CMS_SYNC_ALLOWED_ASSET_HOSTS``, or by default this project's dataset's assets."""
+        if self.cms_sync_allowed_asset_hosts is not None:
+            return self.cms_sync_allowed_asset_hosts
+        return project_assets(self.sanity_project_id, self.sanity_dataset)
 
     def secret_values(self) -> list[str]:
         """Every configured secret: what must never reach a log, the job store or output."""

@@ -326,7 +326,7 @@ async def open_syncer(
                 filestack_http, settings, retry=retry
             ),
             mapping=mapping,
-            allowed_hosts=settings.cms_sync_allowed_asset_hosts,
+            allowed_hosts=settings.asset_allow_list,
             records=records,
             store_concurrency=settings.cms_sync_store_concurrency,
             max_replans=settings.cms_sync_max_replans,

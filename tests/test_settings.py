@@ -27,7 +27,10 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.sanity_api_version == "2025-02-19"
     assert settings.filestack_process_url == "https://cdn.filestackcontent.com/process"
-    assert settings.cms_sync_allowed_asset_hosts == (AllowedHost("cdn.sanity.io"),)
+    assert settings.asset_allow_list == (  # this project's dataset, not all of the CDN
+        AllowedHost("cdn.sanity.io", path_prefix="/images/cmsdemo/production/"),
+        AllowedHost("cdn.sanity.io", path_prefix="/files/cmsdemo/production/"),
+    )
     assert settings.filestack_app_secret is None and settings.cms_sync_config is None
     assert settings.sanity_base_url == "https://cmsdemo.api.sanity.io/v2025-02-19"
 
@@ -47,7 +50,7 @@ def test_env_names_and_parsing(env: pytest.MonkeyPatch) -> None:
     env.setenv("FILESTACK_PROCESS_URL", "http://127.0.0.1:8802/process")
     settings = load_settings()
     assert settings.sanity_base_url == "http://127.0.0.1:8800/v2024-01-01"
-    assert settings.cms_sync_allowed_asset_hosts == (
+    assert settings.asset_allow_list == (
         AllowedHost("cdn.sanity.io"),
         AllowedHost("127.0.0.1", 8801),
     )
