@@ -24,7 +24,7 @@ from cms_sync.mapping import MediaMapping
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
-from cms_sync.settings import Settings
+from cms_sync.settings import JobSettings, Settings
 from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import open_syncer
 from cms_sync.worker import Worker, WorkerOptions
@@ -32,7 +32,7 @@ from cms_sync.worker import Worker, WorkerOptions
 log = structlog.get_logger(__name__)
 
 
-def worker_options(settings: Settings) -> WorkerOptions:
+def worker_options(settings: JobSettings) -> WorkerOptions:
     return WorkerOptions(
         concurrency=settings.cms_sync_workers,
         lease=settings.cms_sync_job_lease,

@@ -24,7 +24,7 @@ from cms_sync import __version__
 from cms_sync.errors import InvalidResponse, ResponseTimeout, excerpt
 from cms_sync.retry import RetryPolicy, store_is_safe
 from cms_sync.scrub import Scrubber
-from cms_sync.settings import Settings
+from cms_sync.settings import FilestackSettings
 from cms_sync.transport import json_body, raise_for_status, send
 
 SERVICE = "Filestack"
@@ -44,7 +44,7 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def http_client(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: FilestackSettings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` for Filestack, built once per process.
 
@@ -151,7 +151,11 @@ class FilestackClient:
 
     @classmethod
     def from_settings(
-        cls, http: httpx.AsyncClient, settings: Settings, *, retry: RetryPolicy | None = None
+        cls,
+        http: httpx.AsyncClient,
+        settings: FilestackSettings,
+        *,
+        retry: RetryPolicy | None = None,
     ) -> FilestackClient:
         return cls(
             http,

@@ -18,7 +18,7 @@ from cms_sync import __version__
 from cms_sync.errors import InvalidResponse
 from cms_sync.retry import RetryPolicy, guarded_mutation_is_safe, query_is_safe
 from cms_sync.scrub import Scrubber
-from cms_sync.settings import Settings
+from cms_sync.settings import SanitySettings
 from cms_sync.transport import MAX_RESPONSE_BYTES, Reply, json_body, raise_for_status, send
 
 SERVICE = "Sanity"
@@ -28,7 +28,7 @@ MAX_GET_URL = 11_000
 
 
 def http_client(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: SanitySettings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` for the Content Lake, built once per process."""
     timeout = settings.cms_sync_sanity_timeout

@@ -1,14 +1,18 @@
 """Settings, read once at the entry point from the environment (and a ``.env`` file).
 
 This is the only module that reads the environment; everything below receives a
-:class:`Settings` (or the pieces of it it needs).
+:class:`Settings` (or the pieces of it it needs). The settings come in sections
+(Sanity, Filestack, the store, the worker, the service), each keeping its variables'
+names; each command loads only the sections it needs, so ``cms-sync status`` works with
+nothing but ``CMS_SYNC_DATABASE`` set, and a function that takes ``SanitySettings``
+cannot reach the Filestack key.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import pydantic
 from pydantic import Field, SecretStr, field_validator
@@ -16,6 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cms_sync.allowlist import AllowedHost, parse_allowed_host, project_assets
 from cms_sync.errors import ConfigError
+
+S = TypeVar("S", bound="_Section")
 
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}|1|X)$")
 
@@ -27,63 +33,72 @@ def _http_url(value: str) -> str:
     return url
 
 
-class Settings(BaseSettings):
-    """Every setting, named exactly as its environment variable (case-insensitive)."""
+_SECRET_FIELDS = (
+    "sanity_write_token",
+    "filestack_api_key",
+    "filestack_app_secret",
+    "sanity_webhook_secret",
+)
+
+
+class _Section(BaseSettings):
+    """One group of settings, each named exactly as its environment variable."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
+    def secret_values(self) -> list[str]:
+        """Every secret this section holds: what must never reach a log, the store or output."""
+        values: list[str] = []
+        for name in _SECRET_FIELDS:
+            value = getattr(self, name, None)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value:
+                values.append(value)
+        return values
+
+    @field_validator(
+        "filestack_app_secret",
+        "sanity_webhook_secret",
+        "cms_sync_webhook_tolerance",
+        "cms_sync_config",
+        mode="before",
+        check_fields=False,
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+class LogSettings(_Section):
+    cms_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cms_sync_log_format: Literal["auto", "json", "console"] = "auto"
+
+
+class StoreSettings(_Section):
+    """Where jobs and stored-asset records live: all the operator commands need."""
+
+    cms_sync_database: Path = Path("cms-sync.db")
+
+
+class KnownSecrets(_Section):
+    """Whichever secrets are configured, none required: to scrub what operators are shown."""
+
+    sanity_write_token: SecretStr | None = None
+    filestack_api_key: str | None = None
+    filestack_app_secret: SecretStr | None = None
+    sanity_webhook_secret: SecretStr | None = None
+
+
+class SanitySettings(_Section):
     sanity_project_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)
     sanity_dataset: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     sanity_api_version: str = "2025-02-19"
     sanity_write_token: SecretStr
     sanity_api_host: str | None = None
-
-    filestack_api_key: str = Field(min_length=1)
-    filestack_app_secret: SecretStr | None = None
-    filestack_process_url: str = "https://cdn.filestackcontent.com/process"
-    filestack_store_location: str = "S3"
-    #: Folder of stored files: each asset is stored at ``{this}{asset id}.{ext}``.
-    filestack_store_path: str = "sanity/"
-
-    cms_sync_config: Path | None = None
-    #: None: this project's dataset on cdn.sanity.io (see ``asset_allow_list``).
-    cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...] | None, NoDecode] = None
     cms_sync_sanity_timeout: float = Field(default=30.0, gt=0, le=600)
-    cms_sync_filestack_timeout: float = Field(default=120.0, gt=0, le=900)
-    cms_sync_store_concurrency: int = Field(default=4, ge=1, le=64)
-    cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
-    cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
-    #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
-    cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
-    #: Stores of one asset whose answer was lost (it may be stored) before giving up.
-    cms_sync_ambiguous_store_max: int = Field(default=3, ge=1, le=20)
-    #: First wait in seconds after such a store before storing that asset again (doubles).
-    cms_sync_ambiguous_store_backoff: float = Field(default=30.0, ge=0, le=3600)
-    # -- the webhook service (cms-sync serve) ------------------------------------------
-    sanity_webhook_secret: SecretStr | None = None
-    cms_sync_database: Path = Path("cms-sync.db")
-    cms_sync_host: str = "127.0.0.1"
-    cms_sync_port: int = Field(default=8080, ge=0, le=65535)
-    cms_sync_webhook_max_body: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    #: Most documents one delivery may name (a legacy body lists ids; 413 above).
-    cms_sync_webhook_max_documents: int = Field(default=1000, ge=1, le=100_000)
-    #: Refuse signatures older than this many seconds; off by default (Sanity retries for
-    #: 30 minutes and may not re-sign).
-    cms_sync_webhook_tolerance: float | None = Field(default=None, gt=0)
-    cms_sync_workers: int = Field(default=4, ge=1, le=64)
-    cms_sync_job_lease: float = Field(default=60.0, ge=1, le=3600)
-    cms_sync_job_max_attempts: int = Field(default=11, ge=1, le=100)
-    cms_sync_job_backoff: float = Field(default=10.0, ge=0, le=3600)
-    cms_sync_job_backoff_max: float = Field(default=900.0, ge=0, le=86400)
-    cms_sync_read_retries: int = Field(default=3, ge=0, le=20)
-    cms_sync_read_retry_delay: float = Field(default=2.0, ge=0, le=300)
-    cms_sync_poll_interval: float = Field(default=1.0, gt=0, le=60)
-    cms_sync_shutdown_grace: float = Field(default=25.0, ge=0, le=600)
-
-    cms_sync_log_level: Literal["debug", "info", "warning", "error"] = "info"
-    cms_sync_log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("sanity_api_version", mode="before")
     @classmethod
@@ -100,22 +115,43 @@ class Settings(BaseSettings):
             return None
         return _http_url(str(value))
 
+    @property
+    def sanity_base_url(self) -> str:
+        """``https://<project>.api.sanity.io/v<version>`` or ``<SANITY_API_HOST>/v<version>``."""
+        host = self.sanity_api_host or f"https://{self.sanity_project_id}.api.sanity.io"
+        return f"{host}/v{self.sanity_api_version}"
+
+
+class FilestackSettings(_Section):
+    filestack_api_key: str = Field(min_length=1)
+    filestack_app_secret: SecretStr | None = None
+    filestack_process_url: str = "https://cdn.filestackcontent.com/process"
+    filestack_store_location: str = "S3"
+    #: Folder of stored files: each asset is stored at ``{this}{asset id}.{ext}``.
+    filestack_store_path: str = "sanity/"
+    cms_sync_filestack_timeout: float = Field(default=120.0, gt=0, le=900)
+
     @field_validator("filestack_process_url", mode="before")
     @classmethod
     def _process_url(cls, value: Any) -> Any:
         return _http_url(str(value))
 
-    @field_validator(
-        "filestack_app_secret", "sanity_webhook_secret", "cms_sync_webhook_tolerance", mode="before"
-    )
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cms_sync_config", mode="before")
-    @classmethod
-    def _empty_path(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+class SyncSettings(SanitySettings, FilestackSettings):
+    """What syncing a document needs: both services, the mapping and the store policy."""
+
+    cms_sync_config: Path | None = None
+    #: None: this project's dataset on cdn.sanity.io (see ``asset_allow_list``).
+    cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...] | None, NoDecode] = None
+    cms_sync_store_concurrency: int = Field(default=4, ge=1, le=64)
+    cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
+    cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
+    #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
+    cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
+    #: Stores of one asset whose answer was lost (it may be stored) before giving up.
+    cms_sync_ambiguous_store_max: int = Field(default=3, ge=1, le=20)
+    #: First wait in seconds after such a store before storing that asset again (doubles).
+    cms_sync_ambiguous_store_backoff: float = Field(default=30.0, ge=0, le=3600)
 
     @field_validator("cms_sync_allowed_asset_hosts", mode="before")
     @classmethod
@@ -134,17 +170,42 @@ class Settings(BaseSettings):
             return self.cms_sync_allowed_asset_hosts
         return project_assets(self.sanity_project_id, self.sanity_dataset)
 
-    def secret_values(self) -> list[str]:
-        """Every configured secret: what must never reach a log, the job store or output."""
-        secrets = [self.sanity_write_token, self.filestack_app_secret, self.sanity_webhook_secret]
-        values = [s.get_secret_value() for s in secrets if s is not None]
-        return [*values, self.filestack_api_key]
 
-    @property
-    def sanity_base_url(self) -> str:
-        """``https://<project>.api.sanity.io/v<version>`` or ``<SANITY_API_HOST>/v<version>``."""
-        host = self.sanity_api_host or f"https://{self.sanity_project_id}.api.sanity.io"
-        return f"{host}/v{self.sanity_api_version}"
+class JobSettings(_Section):
+    """The worker: how many jobs at once, leases, retries and the dead-letter threshold."""
+
+    cms_sync_workers: int = Field(default=4, ge=1, le=64)
+    cms_sync_job_lease: float = Field(default=60.0, ge=1, le=3600)
+    cms_sync_job_max_attempts: int = Field(default=11, ge=1, le=100)
+    cms_sync_job_backoff: float = Field(default=10.0, ge=0, le=3600)
+    cms_sync_job_backoff_max: float = Field(default=900.0, ge=0, le=86400)
+    cms_sync_read_retries: int = Field(default=3, ge=0, le=20)
+    cms_sync_read_retry_delay: float = Field(default=2.0, ge=0, le=300)
+    cms_sync_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    cms_sync_shutdown_grace: float = Field(default=25.0, ge=0, le=600)
+
+
+class Settings(SyncSettings, StoreSettings, JobSettings, LogSettings):
+    """Every setting: what ``serve`` (and ``replay --now``) need."""
+
+    # -- the webhook service (cms-sync serve) ------------------------------------------
+    sanity_webhook_secret: SecretStr | None = None
+    cms_sync_host: str = "127.0.0.1"
+    cms_sync_port: int = Field(default=8080, ge=0, le=65535)
+    cms_sync_webhook_max_body: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Most documents one delivery may name (a legacy body lists ids; 413 above).
+    cms_sync_webhook_max_documents: int = Field(default=1000, ge=1, le=100_000)
+    #: Refuse signatures older than this many seconds; off by default (Sanity retries for
+    #: 30 minutes and may not re-sign).
+    cms_sync_webhook_tolerance: float | None = Field(default=None, gt=0)
+
+
+class SyncCommandSettings(SyncSettings, StoreSettings, LogSettings):
+    """``cms-sync sync``: both services and the store, not the webhook or worker settings."""
+
+
+class OperatorSettings(StoreSettings, KnownSecrets, LogSettings):
+    """``status``, ``failures``, ``replay`` (without ``--now``): only the database."""
 
 
 def _describe(err: Any) -> str:
@@ -155,14 +216,18 @@ def _describe(err: Any) -> str:
     return f"{name}: {msg}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the settings from the environment and ``.env``.
+@overload
+def load_settings(**overrides: Any) -> Settings: ...
+@overload
+def load_settings(section: type[S], **overrides: Any) -> S: ...
+def load_settings(section: type[_Section] = Settings, **overrides: Any) -> _Section:
+    """Read one section of the settings (all of them by default) from the environment.
 
     Raises:
         ConfigError: one line naming the first missing or invalid variable.
     """
     try:
-        return Settings(**overrides)
+        return section(**overrides)
     except pydantic.ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

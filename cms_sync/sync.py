@@ -44,7 +44,7 @@ from cms_sync.records import AssetRecords, StoredAsset, StoreGate
 from cms_sync.retry import RetryPolicy, store_may_have_happened
 from cms_sync.sanity import SanityClient
 from cms_sync.scrub import Scrubber
-from cms_sync.settings import Settings
+from cms_sync.settings import SyncSettings
 
 log = structlog.get_logger(__name__)
 
@@ -292,7 +292,7 @@ class Syncer:
         return AmbiguousStore(asset_id, exc, attempts=gate.attempts, retry_at=retry_at)
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
+def retry_policy(settings: SyncSettings) -> RetryPolicy:
     return RetryPolicy(
         attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
     )
@@ -300,7 +300,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 @asynccontextmanager
 async def open_syncer(
-    settings: Settings,
+    settings: SyncSettings,
     mapping: MediaMapping,
     records: AssetRecords,
     *,
