@@ -11,9 +11,10 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from cms_sync import __version__
 from cms_sync.app import check_settings, create_app, worker_options
@@ -24,17 +25,25 @@ from cms_sync.errors import (
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import JobState, JobStore
+from cms_sync.jobs import Job, JobState, JobStore
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
 from cms_sync.scrub import Scrubber
-from cms_sync.settings import Settings, load_settings
+from cms_sync.settings import (
+    LogSettings,
+    OperatorSettings,
+    Settings,
+    SyncCommandSettings,
+    load_settings,
+)
 from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import SyncReport, open_syncer
 from cms_sync.worker import Worker
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+L = TypeVar("L", bound=LogSettings)
 
 _HINTS = {
     ("Sanity", AuthenticationError): "check SANITY_WRITE_TOKEN",
@@ -110,7 +119,7 @@ def _usable_id(document_id: str) -> str | None:
 
 
 async def run_sync(
-    settings: Settings,
+    settings: SyncCommandSettings,
     mapping: MediaMapping,
     document_ids: Sequence[str],
     *,
@@ -141,15 +150,15 @@ async def run_sync(
 
 
 async def run_replay(
-    settings: Settings,
-    mapping: MediaMapping,
+    settings: OperatorSettings | Settings,
     document_ids: Sequence[str],
     *,
     all_failed: bool,
-    now: bool,
     out: TextIO,
+    now: ReplayNow | None = None,
 ) -> int:
-    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    """Queue documents again; with ``now``, also run them here and report like ``sync``."""
+    store = await SQLiteJobStore.open(settings.cms_sync_database, create=False)
     try:
         ids = list(document_ids)
         if all_failed:
@@ -163,47 +172,98 @@ async def run_replay(
             if problem is not None:
                 print(f"{shown_id(doc_id)}: error: {problem}", file=out)
         ids = [doc_id for doc_id, problem in unusable.items() if problem is None]
-        await store.enqueue(ids, now=time.time())
+        accepted = await store.enqueue(ids, now=time.time())
+        for doc_id in accepted.unseen:
+            print(
+                f"{doc_id}: never seen by this store (no job in {settings.cms_sync_database}); "
+                "queued anyway",
+                file=out,
+            )
         refused = EXIT_FAILED if len(ids) < len(unusable) else EXIT_OK
-        if not now:
+        if now is None:
             print(f"queued {len(ids)}: {', '.join(ids)}", file=out)
             return refused
-        return max(refused, await _replay_now(settings, mapping, store, ids, out=out))
+        return max(refused, await now.run(store, ids, out=out))
     finally:
         await store.close()
 
 
-async def _replay_now(
-    settings: Settings,
-    mapping: MediaMapping,
-    store: JobStore,
-    document_ids: Sequence[str],
-    *,
-    out: TextIO,
-) -> int:
-    failed = 0
-    scrub = Scrubber(settings.secret_values())
-    async with open_syncer(settings, mapping, store.records) as syncer:
-        worker = Worker(store, syncer, worker_options(settings), scrub=scrub)
-        for document_id in document_ids:
+@dataclass
+class ReplayNow:
+    """``replay --now``: run the queued jobs here, unless the running service gets one first.
+
+    The service and this command race for each job through the store; whoever claims it
+    runs it. When the service wins, this waits (at most ``wait`` seconds) for the
+    service's outcome and reports that, so the line printed is always what happened.
+    """
+
+    settings: Settings
+    mapping: MediaMapping
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    poll: float = 0.2
+    wait: float | None = None  # default: the job lease
+
+    async def run(self, store: JobStore, document_ids: Sequence[str], *, out: TextIO) -> int:
+        failed = 0
+        scrub = Scrubber(self.settings.secret_values())
+        async with open_syncer(self.settings, self.mapping, store.records) as syncer:
+            worker = Worker(
+                store, syncer, worker_options(self.settings), clock=self.clock, scrub=scrub
+            )
+            for document_id in document_ids:
+                line, ok = await self._one(store, worker, document_id)
+                print(scrub(line), file=out, flush=True)
+                failed += 0 if ok else 1
+        return EXIT_OK if failed == 0 else EXIT_FAILED
+
+    async def _one(self, store: JobStore, worker: Worker, document_id: str) -> tuple[str, bool]:
+        started = self.clock()
+        wait = self.settings.cms_sync_job_lease if self.wait is None else self.wait
+        while True:
             job = await worker.claim_document(document_id)
-            report = None if job is None else await worker.execute(job)
-            if report is None:
-                print(f"{document_id}: error: a worker is running it right now", file=out)
-                failed += 1
-                continue
-            print(scrub(format_report(report)), file=out, flush=True)
-            failed += 0 if report.ok else 1
-    return EXIT_OK if failed == 0 else EXIT_FAILED
+            if job is not None:
+                report = await worker.execute(job)
+                if report is None:
+                    return f"{document_id}: error: interrupted before it ran", False
+                return format_report(report), report.ok
+            latest = await store.latest_job(document_id)
+            if latest is None:  # pruned meanwhile: nothing left to say but that
+                return f"{document_id}: the running service ran it", True
+            settled = self._settled(latest)
+            if settled is not None:
+                return settled
+            if self.clock() - started >= wait:
+                return (
+                    f"{document_id}: error: the running service is still running it after "
+                    f"{wait:.0f} s (cms-sync status shows when it ends)",
+                    False,
+                )
+            await self.sleep(self.poll)
+
+    def _settled(self, job: Job) -> tuple[str, bool] | None:
+        """The service's outcome of the replayed job, once it has one."""
+        doc = job.document_id
+        if job.state is JobState.DONE:
+            return f"{doc}: synced by the running service, which claimed it first", True
+        if job.state is JobState.FAILED:
+            return f"{doc}: error: failed in the running service: {job.last_error}", False
+        if job.state is JobState.PENDING and job.run_after > self.clock() and job.attempts > 0:
+            when = _iso(job.run_after)
+            return (
+                f"{doc}: error: the running service ran it and retries at {when}: {job.last_error}",
+                False,
+            )
+        return None
 
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-async def run_failures(settings: Settings, *, as_json: bool, out: TextIO) -> int:
+async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
     scrub = Scrubber(settings.secret_values())  # rows older than the scrubbing, too
-    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    store = await SQLiteJobStore.open(settings.cms_sync_database, create=False)
     try:
         failures = await store.failures()
     finally:
@@ -231,8 +291,8 @@ async def run_failures(settings: Settings, *, as_json: bool, out: TextIO) -> int
     return EXIT_OK
 
 
-async def run_status(settings: Settings, *, as_json: bool, out: TextIO) -> int:
-    store = await SQLiteJobStore.open(settings.cms_sync_database)
+async def run_status(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
+    store = await SQLiteJobStore.open(settings.cms_sync_database, create=False)
     try:
         stats = await store.stats(now=time.time())
     finally:
@@ -257,15 +317,30 @@ async def run_status(settings: Settings, *, as_json: bool, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _cmd_sync(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+def _prepare(section: type[L]) -> L:
+    """Load the one settings section a command needs, and set up logging from it."""
+    settings = load_settings(section)
+    configure_logging(
+        level=settings.cms_sync_log_level,
+        fmt=settings.cms_sync_log_format,
+        scrub=Scrubber(settings.secret_values()),
+    )
+    return settings
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    settings = _prepare(SyncCommandSettings)
+    mapping = load_mapping(settings.cms_sync_config)
     return asyncio.run(
         run_sync(settings, mapping, args.document_ids, dry_run=args.dry_run, out=sys.stdout)
     )
 
 
-def _cmd_serve(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    settings = _prepare(Settings)
+    mapping = load_mapping(settings.cms_sync_config)
     verify = not args.insecure_skip_signature
     check_settings(settings, verify_signatures=verify)
     # Opened before uvicorn starts, so a bad CMS_SYNC_DATABASE is one line, not a traceback.
@@ -289,26 +364,28 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings, mapping: MediaMappi
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-def _cmd_replay(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.document_ids and not args.all_failed:
         raise ConfigError("replay needs DOC_ID... or --all-failed")
+    settings: OperatorSettings | Settings
+    now = None
+    if args.now:  # syncs here: needs the credentials and the mapping
+        settings = _prepare(Settings)
+        now = ReplayNow(settings, load_mapping(settings.cms_sync_config))
+    else:
+        settings = _prepare(OperatorSettings)
     return asyncio.run(
-        run_replay(
-            settings,
-            mapping,
-            args.document_ids,
-            all_failed=args.all_failed,
-            now=args.now,
-            out=sys.stdout,
-        )
+        run_replay(settings, args.document_ids, all_failed=args.all_failed, now=now, out=sys.stdout)
     )
 
 
-def _cmd_failures(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+def _cmd_failures(args: argparse.Namespace) -> int:
+    settings = _prepare(OperatorSettings)
     return asyncio.run(run_failures(settings, as_json=args.json, out=sys.stdout))
 
 
-def _cmd_status(args: argparse.Namespace, settings: Settings, mapping: MediaMapping) -> int:
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = _prepare(OperatorSettings)
     return asyncio.run(run_status(settings, as_json=args.json, out=sys.stdout))
 
 
@@ -370,18 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        mapping = load_mapping(settings.cms_sync_config)
-    except ConfigError as exc:
-        print(f"cms-sync: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(
-        level=settings.cms_sync_log_level,
-        fmt=settings.cms_sync_log_format,
-        scrub=Scrubber(settings.secret_values()),
-    )
-    try:
-        code: int = args.func(args, settings, mapping)
+        code: int = args.func(args)
     except ConfigError as exc:
         print(f"cms-sync: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

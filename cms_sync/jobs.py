@@ -60,6 +60,8 @@ class Accepted:
     duplicate: bool = False  # the idempotency key was seen before: nothing written
     queued: tuple[str, ...] = ()  # documents given a new pending job
     coalesced: tuple[str, ...] = ()  # documents that already had one
+    #: Documents the store had no job for, ever (a replay of a mistyped id, perhaps).
+    unseen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,11 @@ class JobStore(Protocol):
     ) -> Accepted: ...
 
     async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
-        """Queue documents (replay): coalesces, and clears their failed jobs."""
+        """Queue documents (replay): coalesces, clears their failed jobs, names the unseen."""
+        ...
+
+    async def latest_job(self, document_id: str) -> Job | None:
+        """The document's newest job, in whatever state, or None."""
         ...
 
     async def claim(

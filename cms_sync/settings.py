@@ -137,7 +137,7 @@ class FilestackSettings(_Section):
         return _http_url(str(value))
 
 
-class SyncSettings(SanitySettings, FilestackSettings):
+class SyncSettings(FilestackSettings, SanitySettings):  # Sanity's fields first
     """What syncing a document needs: both services, the mapping and the store policy."""
 
     cms_sync_config: Path | None = None

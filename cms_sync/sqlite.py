@@ -10,6 +10,7 @@ webhook acknowledged survives a crash of the process (or of the machine).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,8 +100,17 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def _connect(path: Path, busy_timeout: float, create: bool = True) -> sqlite3.Connection:
+    if not create and not path.is_file():
+        raise ConfigError(
+            f"CMS_SYNC_DATABASE: no database at {path} "
+            "(only serve and sync create one; is the path right?)"
+        )
+    if create:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    else:  # mode=rw: fails instead of making an empty database at a mistyped path
+        uri = f"{path.absolute().as_uri()}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -222,16 +232,19 @@ class SQLiteJobStore:
         self._records = SQLiteAssetRecords(self)
 
     @classmethod
-    async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SQLiteJobStore:
-        """Open (creating if needed) the database at ``path``.
+    async def open(
+        cls, path: Path, *, busy_timeout: float = 10.0, create: bool = True
+    ) -> SQLiteJobStore:
+        """Open the database at ``path``, creating it only when ``create`` is set.
 
         Raises:
-            ConfigError: the file cannot be opened or is not a cms-sync database.
+            ConfigError: the file is missing (and ``create`` is off), cannot be opened or
+                is not a cms-sync database.
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cms-sync-sqlite")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(executor, _connect, path, busy_timeout)
+            conn = await loop.run_in_executor(executor, _connect, path, busy_timeout, create)
         except sqlite3.Error as exc:
             executor.shutdown(wait=False)
             raise ConfigError(f"CMS_SYNC_DATABASE: cannot open {path}: {exc}") from None
@@ -286,7 +299,30 @@ class SQLiteJobStore:
 
     async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
         events = [DocumentEvent(doc_id) for doc_id in dict.fromkeys(document_ids)]
-        return await self.transaction(lambda conn: _queue(conn, events, now=now, clear_failed=True))
+
+        def write(conn: sqlite3.Connection) -> Accepted:
+            unseen = tuple(
+                e.document_id
+                for e in events
+                if conn.execute(
+                    "SELECT 1 FROM jobs WHERE document_id = ? LIMIT 1", (e.document_id,)
+                ).fetchone()
+                is None
+            )
+            accepted = _queue(conn, events, now=now, clear_failed=True)
+            return dataclasses.replace(accepted, unseen=unseen)
+
+        return await self.transaction(write)
+
+    async def latest_job(self, document_id: str) -> Job | None:
+        def read(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE document_id = ? ORDER BY id DESC LIMIT 1",
+                (document_id,),
+            ).fetchone()
+            return None if row is None else _job(row)
+
+        return await self.run(read)
 
     # -- the worker's side ------------------------------------------------------------
     async def claim(

@@ -346,9 +346,14 @@ def test_permanent_refusal_then_replay_after_the_fix(service: Service) -> None:
 
 
 def test_replay_now_runs_in_the_foreground(service: Service) -> None:
+    missing = cms_sync("replay", "--now", "post-4", env=service.env, cwd=service.cwd)
+    assert missing.returncode == 2 and not (service.cwd / "cms-sync.db").exists()
+    service.start().terminate()  # the service made the database, and is stopped
     result = cms_sync("replay", "--now", "post-4", "product-4", env=service.env, cwd=service.cwd)
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
+        "post-4: never seen by this store (no job in cms-sync.db); queued anyway",
+        "product-4: never seen by this store (no job in cms-sync.db); queued anyway",
         "post-4: stored 1, reused 0, skipped 0; patched",
         "product-4: stored 3, reused 0, skipped 0; patched",
     ]

@@ -250,3 +250,46 @@ def test_an_upstream_that_echoes_the_request_leaks_no_secret(tmp_path: Path, ech
     for secret in (TOKEN, APP_SECRET, env["FILESTACK_API_KEY"]):
         assert secret not in run.out + run.err
     assert_clean(run)
+
+
+def operator_env(world: World, **env: str) -> dict[str, str]:
+    """Only CMS_SYNC_DATABASE: none of the Sanity and Filestack settings."""
+    kept = {k: v for k, v in world.env.items() if not k.startswith(("SANITY_", "FILESTACK_"))}
+    return {**kept, **env}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["failures", "--json"], ["replay", "--all-failed"], ["replay", "post-1"]],
+)
+def test_operator_commands_never_invent_a_database(world: World, command: list[str]) -> None:
+    world.env = operator_env(world, CMS_SYNC_DATABASE="cms-sycn.db")  # a typo
+    run = world.run(*command)
+    assert (run.code, run.out) == (2, "")
+    assert run.err == (
+        "cms-sync: configuration error: CMS_SYNC_DATABASE: no database at cms-sycn.db "
+        "(only serve and sync create one; is the path right?)\n"
+    )
+    assert list(world.cwd.iterdir()) == []
+
+
+def test_operator_commands_need_only_the_database(world: World) -> None:
+    assert world.run("sync", "post-1").code == 0  # sync makes the database
+    world.env = operator_env(world)
+    status = world.run("status", "--json")
+    assert status.code == 0 and json.loads(status.out)["jobs"]["failed"] == 0
+    assert world.run("failures").out == "no failed documents\n"
+    replay = world.run("replay", "post-1", "post-404")
+    assert replay.code == 0
+    assert replay.out.splitlines() == [
+        "post-1: never seen by this store (no job in cms-sync.db); queued anyway",
+        "post-404: never seen by this store (no job in cms-sync.db); queued anyway",
+        "queued 2: post-1, post-404",
+    ]
+    again = world.run("replay", "post-1")
+    assert again.out == "queued 1: post-1\n"  # seen now: it has a job
+    now = world.run("replay", "--now", "post-1")  # syncs here: the credentials are needed
+    assert (now.code, now.err) == (
+        2,
+        "cms-sync: configuration error: SANITY_PROJECT_ID is required (and 3 more)\n",
+    )
