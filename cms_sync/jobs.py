@@ -161,7 +161,13 @@ class JobStore(Protocol):
         """The earliest ``run_after`` of a pending job, or None."""
         ...
 
-    async def ping(self) -> None: ...
+    async def check_writable(self, *, budget: float) -> None:
+        """Prove within ``budget`` seconds that a delivery could be written now.
+
+        Raises:
+            StoreUnavailable: it could not (lock held, disk full, file gone, too slow).
+        """
+        ...
 
     async def prune(self, *, before: float) -> None:
         """Forget delivery keys older than ``before`` (Sanity retries for 30 minutes)."""

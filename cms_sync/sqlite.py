@@ -1,30 +1,39 @@
 """The embedded job store: SQLite in WAL mode with ``synchronous=FULL``.
 
-Every transaction runs whole on one dedicated thread, so transactions never interleave
-within a process and the event loop never blocks on disk; other processes (an operator's
-``cms-sync replay`` beside ``cms-sync serve``) are serialised by SQLite's own locking,
-waiting up to ``busy_timeout``. A commit returns only once it is on disk, so a job the
-webhook acknowledged survives a crash of the process (or of the machine).
+Transactions run whole on threads of the store's own (one for deliveries, one for the
+rest), so the event loop never blocks on disk; other processes (an operator's
+``cms-sync replay`` beside ``cms-sync serve``) are serialised by SQLite's own locking. A
+commit returns only once it is on disk, so a job the webhook acknowledged survives a
+crash of the process (or of the machine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from cms_sync.deliveries import DocumentEvent
 from cms_sync.errors import ConfigError, StoreUnavailable
+from cms_sync.groupcommit import GroupCommit
 from cms_sync.jobs import Accepted, FailedJob, Job, JobState, StoreStats
 from cms_sync.records import StoredAsset, StoreGate
 
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     idempotency_key TEXT PRIMARY KEY,
@@ -80,6 +89,12 @@ CREATE TABLE IF NOT EXISTS store_attempt_documents (
 );
 CREATE INDEX IF NOT EXISTS store_attempt_documents_doc
     ON store_attempt_documents (document_id);
+
+-- One row rewritten by /readyz (schema 3): proof that the store can still be written.
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 """
 
 
@@ -100,12 +115,7 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _connect(path: Path, busy_timeout: float, create: bool = True) -> sqlite3.Connection:
-    if not create and not path.is_file():
-        raise ConfigError(
-            f"CMS_SYNC_DATABASE: no database at {path} "
-            "(only serve and sync create one; is the path right?)"
-        )
+def _connection(path: Path, busy_timeout: float, *, create: bool) -> sqlite3.Connection:
     if create:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     else:  # mode=rw: fails instead of making an empty database at a mistyped path
@@ -116,7 +126,18 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> sqlite3.Co
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise ConfigError(f"CMS_SYNC_DATABASE: {path} cannot use WAL mode (got {mode})")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA synchronous = FULL")  # a commit is on disk when it returns
+    return conn
+
+
+def _connect(path: Path, busy_timeout: float, create: bool = True) -> _Opened:
+    """Open, create or migrate the schema, and open the ingest connection beside it."""
+    if not create and not path.is_file():
+        raise ConfigError(
+            f"CMS_SYNC_DATABASE: no database at {path} "
+            "(only serve and sync create one; is the path right?)"
+        )
+    conn = _connection(path, busy_timeout, create=create)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise ConfigError(
@@ -124,7 +145,16 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> sqlite3.Co
         )
     conn.executescript(_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return conn
+    ingest = _connection(path, busy_timeout, create=False)
+    stat = os.stat(path)
+    return _Opened(conn, ingest, (stat.st_dev, stat.st_ino))
+
+
+@dataclass(frozen=True)
+class _Opened:
+    conn: sqlite3.Connection
+    ingest: sqlite3.Connection
+    identity: tuple[int, int]  # (device, inode) of the file at the configured path
 
 
 class SQLiteAssetRecords:
@@ -224,18 +254,55 @@ class SQLiteAssetRecords:
 
 
 class SQLiteJobStore:
-    """:class:`~cms_sync.jobs.JobStore` on one SQLite file."""
+    """:class:`~cms_sync.jobs.JobStore` on one SQLite file.
 
-    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
-        self._conn = conn
+    Two connections under WAL: deliveries are written through a group commit on a
+    connection and thread of their own (:mod:`cms_sync.groupcommit`), so an
+    acknowledgement never queues behind the worker's reads and writes on the other. Both
+    take one in-process write lock around their transactions; SQLite's lock (and
+    ``busy_timeout``) serialises writers in other processes.
+
+    Before any work the store checks that the file it has open is still the file at the
+    configured path (device and inode). Once it is not (deleted, its directory removed,
+    replaced), the store is *lost*: everything raises :class:`StoreUnavailable`, so
+    deliveries get 503 and ``/readyz`` fails, instead of acknowledging what no restart
+    would find.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        opened: _Opened,
+        executor: ThreadPoolExecutor,
+        *,
+        ingest_timeout: float,
+    ) -> None:
+        self._path = path
+        self._conn = opened.conn
+        self._identity = opened.identity
         self._executor = executor
+        self._write_lock = threading.Lock()
+        self._lost: str | None = None
+        self._ingest_timeout = ingest_timeout
+        self._ingest = GroupCommit(opened.ingest, self._write_lock, check=self._check_file)
+        self._ingest.start()
         self._records = SQLiteAssetRecords(self)
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout: float = 10.0, create: bool = True
+        cls,
+        path: Path,
+        *,
+        busy_timeout: float = 10.0,
+        create: bool = True,
+        ingest_timeout: float = 2.0,
     ) -> SQLiteJobStore:
         """Open the database at ``path``, creating it only when ``create`` is set.
+
+        Args:
+            busy_timeout: how long the worker's and operators' writes wait for another
+                process's write lock.
+            ingest_timeout: how long a delivery waits to be written before it fails (503).
 
         Raises:
             ConfigError: the file is missing (and ``create`` is off), cannot be opened or
@@ -244,24 +311,47 @@ class SQLiteJobStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cms-sync-sqlite")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(executor, _connect, path, busy_timeout, create)
+            opened = await loop.run_in_executor(executor, _connect, path, busy_timeout, create)
         except sqlite3.Error as exc:
             executor.shutdown(wait=False)
             raise ConfigError(f"CMS_SYNC_DATABASE: cannot open {path}: {exc}") from None
         except ConfigError:
             executor.shutdown(wait=False)
             raise
-        return cls(conn, executor)
+        return cls(path, opened, executor, ingest_timeout=ingest_timeout)
 
     @property
     def records(self) -> SQLiteAssetRecords:
         return self._records
 
+    def _check_file(self) -> None:
+        """Raise StoreUnavailable once the open file is no longer the one at the path."""
+        if self._lost is None:
+            try:
+                stat = os.stat(self._path)
+            except FileNotFoundError:
+                problem: str | None = "the file (or its directory) is gone"
+            except OSError as exc:
+                problem = f"cannot stat it: {exc.strerror}"
+            else:
+                same = (stat.st_dev, stat.st_ino) == self._identity
+                problem = None if same else "another file is at the path now"
+            if problem is None:
+                return
+            self._lost = f"job store lost: {self._path}: {problem}; restart to reopen"
+            log.error("job_store_lost", path=str(self._path), problem=problem)
+        raise StoreUnavailable(self._lost)
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the store's thread; SQLite errors become :class:`StoreUnavailable`."""
+
+        def checked(conn: sqlite3.Connection) -> T:
+            self._check_file()
+            return fn(conn)
+
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, self._conn)
+            return await loop.run_in_executor(self._executor, checked, self._conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"job store: {exc}") from exc
 
@@ -269,16 +359,24 @@ class SQLiteJobStore:
         """Run ``fn`` in one write transaction (``BEGIN IMMEDIATE``) on the store's thread."""
 
         def wrapped(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
 
         return await self.run(wrapped)
+
+    async def _ingest_write(self, fn: Callable[[sqlite3.Connection], T], budget: float) -> T:
+        try:  # the group commit keeps the deadline; this bounds a disk that hangs
+            async with asyncio.timeout(budget + 1.0):
+                return await self._ingest.submit(fn, budget=budget)
+        except TimeoutError:
+            raise StoreUnavailable("job store: the write did not finish in time") from None
 
     # -- deliveries and queueing ------------------------------------------------------
     async def accept(
@@ -295,7 +393,7 @@ class SQLiteJobStore:
                     return Accepted(duplicate=True)
             return _queue(conn, events, now=now, clear_failed=False)
 
-        return await self.transaction(write)
+        return await self._ingest_write(write, self._ingest_timeout)
 
     async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
         events = [DocumentEvent(doc_id) for doc_id in dict.fromkeys(document_ids)]
@@ -497,8 +595,14 @@ class SQLiteJobStore:
 
         return await self.run(read)
 
-    async def ping(self) -> None:
-        await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
+    async def check_writable(self, *, budget: float) -> None:
+        def probe(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = ?",
+                (time.time(), time.time()),
+            )
+
+        await self._ingest_write(probe, budget)
 
     async def prune(self, *, before: float) -> None:
         await self.transaction(
@@ -507,6 +611,7 @@ class SQLiteJobStore:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._ingest.close)
         await loop.run_in_executor(self._executor, self._conn.close)
         self._executor.shutdown(wait=True)
 

@@ -14,12 +14,16 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+#: /readyz answers within a second: a probe that cannot write by then counts as a failure.
+READY_PROBE_BUDGET = 0.8
+
+
 async def readyz(request: Request) -> JSONResponse:
-    """The job store answers and the worker is running."""
+    """Ready when a delivery could be written now and the worker is running."""
     service: Service = request.app.state.service
     problems: list[str] = []
     try:
-        await service.store.ping()
+        await service.store.check_writable(budget=READY_PROBE_BUDGET)
     except StoreUnavailable as exc:
         problems.append(str(exc))
     if service.worker_required and not service.worker.running:
