@@ -83,7 +83,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        job_store = store or await SQLiteJobStore.open(settings.cms_sync_database)
+        job_store = store or await SQLiteJobStore.open(
+            settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
+        )
         try:
             async with open_syncer(
                 settings,

@@ -128,7 +128,9 @@ async def run_sync(
 ) -> int:
     failed = 0
     scrub = Scrubber(settings.secret_values())
-    store = await SQLiteJobStore.open(settings.cms_sync_database)
+    store = await SQLiteJobStore.open(
+        settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
+    )
     try:
         async with open_syncer(settings, mapping, store.records) as syncer:
             for document_id in dict.fromkeys(document_ids):
@@ -345,7 +347,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     check_settings(settings, verify_signatures=verify)
     # Opened before uvicorn starts, so a bad CMS_SYNC_DATABASE is one line, not a traceback.
     # The store is not bound to an event loop: its work runs on a thread of its own.
-    store = asyncio.run(SQLiteJobStore.open(settings.cms_sync_database))
+    store = asyncio.run(
+        SQLiteJobStore.open(
+            settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
+        )
+    )
     try:
         app = create_app(settings, mapping=mapping, store=store, verify_signatures=verify)
         config = uvicorn.Config(

@@ -81,6 +81,8 @@ class StoreSettings(_Section):
     """Where jobs and stored-asset records live: all the operator commands need."""
 
     cms_sync_database: Path = Path("cms-sync.db")
+    #: Seconds a delivery may wait to be written (for the lock, say) before it gets 503.
+    cms_sync_ingest_timeout: float = Field(default=2.0, gt=0, le=30)
 
 
 class KnownSecrets(_Section):

@@ -1,0 +1,105 @@
+"""Group commit: concurrent writes share a transaction, each keeps its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cms_sync.errors import StoreUnavailable
+from cms_sync.groupcommit import GroupCommit
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    path = tmp_path / "g.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    return path
+
+
+@pytest.fixture
+def writer(database: Path) -> Iterator[GroupCommit]:
+    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    commit = GroupCommit(conn, threading.Lock())
+    commit.start()
+    yield commit
+    commit.close()
+
+
+def rows(database: Path) -> list[str]:
+    with sqlite3.connect(database) as conn:
+        return sorted(k for (k,) in conn.execute("SELECT k FROM t"))
+
+
+def insert(key: str) -> Callable[[sqlite3.Connection], str]:
+    def fn(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t (k) VALUES (?)", (key,))
+        return key
+
+    return fn
+
+
+async def test_concurrent_writes_share_transactions_and_each_gets_its_result(
+    writer: GroupCommit, database: Path
+) -> None:
+    keys = [f"k{i}" for i in range(200)]
+    results = await asyncio.gather(*(writer.submit(insert(k), budget=5) for k in keys))
+    assert results == keys and rows(database) == sorted(keys)
+    assert writer.batches < len(keys)  # some batch held more than one write
+
+
+async def test_a_failing_write_is_rolled_back_alone(writer: GroupCommit, database: Path) -> None:
+    def boom(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (k) VALUES ('half-done')")
+        raise ValueError("a bug in one request")
+
+    outcomes = await asyncio.gather(
+        writer.submit(insert("a"), budget=5),
+        writer.submit(boom, budget=5),
+        writer.submit(insert("a"), budget=5),  # duplicate key
+        writer.submit(insert("b"), budget=5),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "a" and outcomes[3] == "b"
+    assert isinstance(outcomes[1], ValueError)
+    assert isinstance(outcomes[2], StoreUnavailable)  # sqlite3.IntegrityError, translated
+    assert rows(database) == ["a", "b"]
+
+
+async def test_a_held_lock_fails_the_write_by_its_deadline_and_writes_nothing(
+    writer: GroupCommit, database: Path
+) -> None:
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(StoreUnavailable):
+            await writer.submit(insert("late"), budget=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert await writer.submit(insert("now"), budget=5) == "now"
+    assert rows(database) == ["now"]
+
+
+async def test_the_check_refuses_a_batch_before_it_is_written(database: Path) -> None:
+    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+
+    def lost() -> None:
+        raise StoreUnavailable("job store lost")
+
+    writer = GroupCommit(conn, threading.Lock(), check=lost)
+    writer.start()
+    try:
+        with pytest.raises(StoreUnavailable, match="lost"):
+            await writer.submit(insert("x"), budget=5)
+    finally:
+        writer.close()
+    assert rows(database) == []
