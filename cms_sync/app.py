@@ -7,6 +7,7 @@ gracefully on shutdown (uvicorn turns SIGTERM into that shutdown).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from cms_sync.mapping import MediaMapping
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
+from cms_sync.serving import AcceptErrorLog
 from cms_sync.settings import JobSettings, Settings
 from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import open_syncer
@@ -83,6 +85,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        AcceptErrorLog().install(asyncio.get_running_loop())
         job_store = store or await SQLiteJobStore.open(
             settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
         )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO, TypeVar
 
+import structlog
+
 from cms_sync import __version__
 from cms_sync.app import check_settings, create_app, worker_options
 from cms_sync.deliveries import id_problem, shown_id
@@ -30,6 +32,7 @@ from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
 from cms_sync.scrub import Scrubber
+from cms_sync.serving import ReadDeadlineProtocol, connection_cap, raise_open_files_limit
 from cms_sync.settings import (
     LogSettings,
     OperatorSettings,
@@ -42,6 +45,8 @@ from cms_sync.sync import SyncReport, open_syncer
 from cms_sync.worker import Worker
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+log = structlog.get_logger(__name__)
 
 L = TypeVar("L", bound=LogSettings)
 
@@ -352,6 +357,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
         )
     )
+    open_files, hard = raise_open_files_limit()
+    max_connections = connection_cap(open_files, settings.cms_sync_max_connections)
+    log.info("open_files_limit", soft=open_files, hard=hard, max_connections=max_connections)
     try:
         app = create_app(settings, mapping=mapping, store=store, verify_signatures=verify)
         config = uvicorn.Config(
@@ -362,6 +370,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
+            http=ReadDeadlineProtocol.with_timeout(settings.cms_sync_read_timeout),
+            limit_concurrency=max_connections,
         )
         server = uvicorn.Server(config)
         server.run()

@@ -64,6 +64,7 @@ class _Section(BaseSettings):
         "sanity_webhook_secret",
         "cms_sync_webhook_tolerance",
         "cms_sync_config",
+        "cms_sync_max_connections",
         mode="before",
         check_fields=False,
     )
@@ -200,6 +201,10 @@ class Settings(SyncSettings, StoreSettings, JobSettings, LogSettings):
     #: Refuse signatures older than this many seconds; off by default (Sanity retries for
     #: 30 minutes and may not re-sign).
     cms_sync_webhook_tolerance: float | None = Field(default=None, gt=0)
+    #: Connections served at once (503 above); default: the open-files limit less a reserve.
+    cms_sync_max_connections: int | None = Field(default=None, ge=16, le=1_000_000)
+    #: Seconds a connection has to deliver a whole request (headers and body).
+    cms_sync_read_timeout: float = Field(default=5.0, gt=0, le=300)
 
 
 class SyncCommandSettings(SyncSettings, StoreSettings, LogSettings):

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -35,7 +36,14 @@ def cms_sync(
 class ServeProcess:
     """``cms-sync serve --port 0`` in the background; its port comes from its own log."""
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, *, open_files: int | None = None) -> None:
+        """Start it; ``open_files`` sets its soft RLIMIT_NOFILE, as a service manager would."""
+
+        def limit() -> None:
+            if open_files is not None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cms_sync", "serve", "--port", "0"],
             env={**env, "CMS_SYNC_LOG_FORMAT": "json"},
@@ -43,6 +51,7 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=limit if open_files is not None else None,
         )
         self.events: list[dict[str, Any]] = []
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()

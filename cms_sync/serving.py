@@ -1,0 +1,154 @@
+"""How ``cms-sync serve`` meets the network: file limits, a connection cap, read deadlines.
+
+Idle connections cost nothing to open and, left alone, hold a file descriptor each
+forever: at the common 1024 open-files limit, 1100 connections that never send a byte
+took the whole service down (every accept failed, deliveries and ``/readyz`` timed out,
+and the log filled with "Too many open files"). Four defences, each cheap:
+
+- the soft open-files limit is raised to the hard limit at start;
+- connections are capped below it; above the cap, requests get 503 (uvicorn's
+  ``limit_concurrency``), so the descriptors the store and the clients need are left;
+- a connection must deliver a complete request (headers and body) within
+  ``CMS_SYNC_READ_TIMEOUT`` seconds of opening, or of its previous response, or it is
+  closed: a client that sends nothing, half its headers, or a body shorter than its
+  ``Content-Length`` cannot hold a descriptor longer than that;
+- a failing ``accept()`` is logged once per interval with a count, not once per try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import structlog
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = structlog.get_logger(__name__)
+
+#: Descriptors kept out of the connection cap: the job store, the outbound HTTP pools,
+#: the log, and room for the listening socket and accept()s in flight.
+FD_RESERVE = 128
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one; return (soft, hard) afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY:  # Linux refuses infinity above fs.nr_open
+        target = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, hard
+    return target, hard
+
+
+def connection_cap(open_files: int, configured: int | None) -> int:
+    """Most connections served at once: the setting, or what the file limit leaves.
+
+    The setting is held below the limit too: a cap the descriptors cannot back is how
+    the service went down.
+    """
+    ceiling = max(16, open_files - FD_RESERVE)
+    return ceiling if configured is None else min(configured, ceiling)
+
+
+class ReadDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that do not send a request in time.
+
+    The deadline runs from the connection's start, and again from each response, until
+    the request (headers and whole body) has arrived. A response in progress is never
+    cut: the deadline only applies while the client owes us bytes.
+    """
+
+    read_timeout: float = 5.0
+    _read_deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[ReadDeadlineProtocol]:
+        return type("ReadDeadlineProtocol", (cls,), {"read_timeout": seconds})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
+            self._disarm()  # the request is in: what follows is ours to send
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets the same deadline
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._read_deadline = self.loop.call_later(self.read_timeout, self._read_expired)
+
+    def _disarm(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_expired(self) -> None:
+        self._read_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            return
+        # abort(): a client that stopped reading must not keep the descriptor either.
+        self.transport.abort()
+
+
+@dataclass
+class AcceptErrorLog:
+    """A loop exception handler that reports failing ``accept()``s once per interval.
+
+    asyncio reports every failed accept (EMFILE, ENFILE, ENOBUFS) through the loop's
+    exception handler; under a flood of connections that is a line per attempt.
+    Everything else goes on to the handler that was there before.
+    """
+
+    interval: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0  # since the last line
+    _last: float | None = None
+    _previous: Any = field(default=None, repr=False)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._previous = loop.get_exception_handler()
+        loop.set_exception_handler(self)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != _ACCEPT_FAILED:
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self.failures += 1
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval:
+            return
+        exc = context.get("exception")
+        log.error(
+            "accept_failing",
+            error=str(exc) if exc is not None else None,
+            count=self.failures,
+            interval=self.interval,
+            message="accept() is failing: too many connections for the open-files limit",
+        )
+        self._last, self.failures = now, 0
