@@ -1,0 +1,271 @@
+"""Ingest benchmark: signed deliveries to ``cms-sync serve`` beside a bare Starlette endpoint.
+
+    python bench/ingest.py [--seconds 5] [--concurrency 1,16,64] [--documents 300]
+
+One run starts three processes: the Sanity and Filestack fakes, ``cms-sync serve`` (SQLite
+store in a fresh directory under the current one, so on the real disk, and its worker
+busy syncing what the deliveries queue), and a bare Starlette endpoint under the same
+uvicorn that reads the body and answers 202. The same client (keep-alive HTTP/1.1
+connections, one per concurrent sender, in this process) then sends the same signed
+deliveries to each for ``--seconds`` per concurrency level, alternating, and prints one
+table: throughput of each, their ratio, and latency percentiles. Every 202 from the
+service is fsync'd before it is sent. It is a benchmark, not a test: numbers depend on
+the machine and its load; the ratio is the figure to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec-bench"  # noqa: S105 - the benchmark's own throwaway secret
+
+
+# -- helper processes -----------------------------------------------------------------
+def serve_fakes(documents: int) -> None:
+    """Serve the Content Lake and Filestack fakes; print their URLs as one JSON line."""
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from fakes import FakeContentLake, FakeFilestack
+    from scenarios import catalogue
+    from servers import serve
+
+    docs = catalogue(products=documents // 2, posts=documents - documents // 2, shared=20)
+    lake = FakeContentLake(documents={d["_id"]: d for d in docs})
+    with serve(lake) as (sanity_url, lake_seen), serve(FakeFilestack()) as (fs_url, fs_seen):
+        print(json.dumps({"sanity": sanity_url, "filestack": fs_url}), flush=True)
+        while True:  # until killed; forget requests so memory stays flat
+            time.sleep(1)
+            lake_seen.clear()
+            fs_seen.clear()
+
+
+def serve_bare(port: int) -> None:
+    """The bare endpoint: read the body, answer 202; nothing stored."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def accept(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"status": "queued"}, status_code=202)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/sanity", accept, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- the client ---------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def deliveries(doc_ids: list[str], seed: int) -> Iterator[bytes]:
+    """Signed GROQ-webhook deliveries, each with its own idempotency key."""
+    sys.path.insert(0, str(ROOT))
+    from cms_sync import signature
+
+    rng = random.Random(seed)  # noqa: S311 - picks documents, not keys
+    n = 0
+    while True:
+        n += 1
+        doc_id = rng.choice(doc_ids)
+        body = json.dumps({"_id": doc_id, "_type": doc_id.split("-")[0], "_rev": "r"}).encode()
+        sig = signature.sign(SECRET, body, 1_763_700_000_000 + n)
+        head = (
+            "POST /webhooks/sanity HTTP/1.1\r\nHost: bench\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Idempotency-Key: bench-{seed}-{n}\r\n"
+            "Sanity-Operation: update\r\n"
+            f"Sanity-Document-Id: {doc_id}\r\n"
+            f"{signature.HEADER}: {sig}\r\n\r\n"
+        )
+        yield head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+
+async def load(port: int, requests: Iterator[bytes], concurrency: int, seconds: float) -> Result:
+    result = Result()
+    stop_at = time.perf_counter() + seconds
+
+    async def sender() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < stop_at:
+                request = next(requests)
+                started = time.perf_counter()
+                writer.write(request)
+                status = await _read_response(reader)
+                result.latencies.append(time.perf_counter() - started)
+                result.statuses[status] += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], path: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"a benchmark process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"port {port} never became healthy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per level and server")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
+    parser.add_argument("--documents", type=int, default=300, help="documents in the fake")
+    parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fakes:
+        serve_fakes(args.documents)
+        return
+    if args.serve_bare is not None:
+        serve_bare(args.serve_bare)
+        return
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path.cwd()))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        fakes = subprocess.Popen(  # noqa: S603 - this script
+            [sys.executable, __file__, "--serve-fakes", "--documents", str(args.documents)],
+            stdout=subprocess.PIPE,
+        )
+        procs.append(fakes)
+        assert fakes.stdout is not None
+        urls = json.loads(fakes.stdout.readline())
+        bare_port, service_port = free_port(), free_port()
+        procs.append(
+            subprocess.Popen(  # noqa: S603
+                [sys.executable, __file__, "--serve-bare", str(bare_port)]
+            )
+        )
+        env = {
+            **os.environ,
+            "SANITY_PROJECT_ID": "cmsdemo",
+            "SANITY_DATASET": "production",
+            "SANITY_WRITE_TOKEN": "sk-bench",
+            "SANITY_API_HOST": urls["sanity"],
+            "FILESTACK_API_KEY": "fs-bench",
+            "FILESTACK_PROCESS_URL": f"{urls['filestack']}/process",
+            "SANITY_WEBHOOK_SECRET": SECRET,
+            "CMS_SYNC_DATABASE": str(work / "cms-sync.db"),
+            "CMS_SYNC_LOG_LEVEL": "warning",
+            "CMS_SYNC_LOG_FORMAT": "json",
+        }
+        serve = os.environ.get("BENCH_SERVE_PREFIX", "").split() or [sys.executable]
+        procs.append(
+            subprocess.Popen(  # noqa: S603
+                [*serve, "-m", "cms_sync", "serve", "--port", str(service_port)],
+                env=env,
+                cwd=work,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_healthy(bare_port, procs[1], "/healthz")
+        wait_healthy(service_port, procs[2], "/readyz")
+        doc_ids = [f"product-{n}" for n in range(args.documents // 2)] + [
+            f"post-{n}" for n in range(args.documents - args.documents // 2)
+        ]
+        rows = []
+        for seed, level in enumerate(levels):
+            requests = deliveries(doc_ids, seed)
+            asyncio.run(load(bare_port, requests, level, min(1.0, args.seconds)))  # warm up
+            asyncio.run(load(service_port, requests, level, min(1.0, args.seconds)))
+            bare = asyncio.run(load(bare_port, requests, level, args.seconds))
+            ours = asyncio.run(load(service_port, requests, level, args.seconds))
+            rows.append((level, ours, bare))
+        print(f"\nsigned deliveries, {args.seconds:g} s per level and server; worker busy\n")
+        print(
+            "| concurrency | this service | bare endpoint | ratio | our p50 | our p99 | bare p99 |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for level, ours, bare in rows:
+            print(
+                f"| {level} | {ours.rate:,.0f} req/s | {bare.rate:,.0f} req/s | "
+                f"{ours.rate / bare.rate:.2f} | {ours.percentile(50):.1f} ms | "
+                f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms |"
+            )
+        statuses = Counter[int]()
+        for _, ours, _ in rows:
+            statuses.update(ours.statuses)
+        print(f"\nservice answers: {dict(sorted(statuses.items()))}")
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
