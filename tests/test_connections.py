@@ -1,9 +1,11 @@
-"""Idle and slow connections against ``cms-sync serve`` as a process, over real sockets."""
+"""``cms-sync serve`` as a process under faults, over real sockets: idle and slow
+connections, and a disk that fills up."""
 
 from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,11 +26,13 @@ SECRET = "whsec-connections"
 
 
 @contextmanager
-def service(tmp_path: Path, *, open_files: int | None = None, **env: str) -> Iterator[ServeProcess]:
+def service(
+    tmp_path: Path, *, open_files: int | None = None, file_size: int | None = None, **env: str
+) -> Iterator[ServeProcess]:
     lake, fs = FakeContentLake.from_fixtures(), FakeFilestack()
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
         full_env = service_env(sanity_url, filestack_url, SANITY_WEBHOOK_SECRET=SECRET, **env)
-        proc = ServeProcess(full_env, tmp_path, open_files=open_files)
+        proc = ServeProcess(full_env, tmp_path, open_files=open_files, file_size=file_size)
         try:
             yield proc
         finally:
@@ -134,3 +138,26 @@ def test_failing_accepts_are_logged_once_per_interval_with_a_count() -> None:
         ("accept_failing", 1),
         ("accept_failing", 500),
     ]
+
+
+def test_a_full_disk_gets_503_and_readyz_says_so_and_nothing_acknowledged_is_lost(
+    tmp_path: Path,
+) -> None:
+    acknowledged: list[str] = []
+    with (
+        service(tmp_path, file_size=1024 * 1024) as proc,
+        httpx.Client(base_url=proc.url, timeout=10) as http,
+    ):
+        assert http.get("/readyz").status_code == 200
+        for n in range(2000):  # each commit grows the WAL; at 1 MiB the disk is "full"
+            body, headers = signed_delivery(f"post-{n}")
+            status = http.post("/webhooks/sanity", content=body, headers=headers).status_code
+            if status != 202:
+                break
+            acknowledged.append(f"post-{n}")
+        assert status == 503 and acknowledged  # the disk filled, and it said so
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+    with sqlite3.connect(tmp_path / "cms-sync.db") as conn:
+        queued = {doc_id for (doc_id,) in conn.execute("SELECT document_id FROM jobs")}
+    assert set(acknowledged) <= queued

@@ -36,13 +36,28 @@ def cms_sync(
 class ServeProcess:
     """``cms-sync serve --port 0`` in the background; its port comes from its own log."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, *, open_files: int | None = None) -> None:
-        """Start it; ``open_files`` sets its soft RLIMIT_NOFILE, as a service manager would."""
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        *,
+        open_files: int | None = None,
+        file_size: int | None = None,
+    ) -> None:
+        """Start it, with limits as a service manager (or a full disk) would set them.
+
+        Args:
+            open_files: its soft RLIMIT_NOFILE.
+            file_size: its RLIMIT_FSIZE: writes past this many bytes of a file fail
+                (EFBIG; Python ignores SIGXFSZ), as on a full disk.
+        """
 
         def limit() -> None:
             if open_files is not None:
                 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+            if file_size is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cms_sync", "serve", "--port", "0"],
@@ -51,7 +66,7 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=limit if open_files is not None else None,
+            preexec_fn=limit if open_files or file_size else None,
         )
         self.events: list[dict[str, Any]] = []
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
