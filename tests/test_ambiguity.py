@@ -21,14 +21,12 @@ import pytest
 
 from cms_sync.app import worker_options
 from cms_sync.deliveries import DocumentEvent
-from cms_sync.mapping import default_mapping
 from cms_sync.settings import Settings
 from cms_sync.sqlite import SQLiteJobStore
-from cms_sync.sync import open_syncer
 from cms_sync.worker import Worker
 from fakes import FakeContentLake, FakeFilestack
 from scenarios import catalogue, converged
-from wiring import Clock, make_settings, no_wait_policy
+from wiring import Clock, make_settings, store_and_syncer
 
 pytestmark = pytest.mark.anyio
 
@@ -80,22 +78,16 @@ async def rig(tmp_path: Path, settings: Settings) -> AsyncIterator[Rig]:
     docs = catalogue(products=7, posts=10, shared=4)
     lake = FakeContentLake(documents={d["_id"]: d for d in docs})
     fs, clock = FakeFilestack(), Clock(START)
-    store = await SQLiteJobStore.open(tmp_path / "jobs.db")
-    try:
-        async with open_syncer(
-            settings,
-            default_mapping(),
-            store.records,
-            retry=no_wait_policy(),
-            sanity_transport=httpx.MockTransport(lake),
-            filestack_transport=httpx.MockTransport(fs),
-            clock=clock,
-        ) as syncer:
-            worker = Worker(store, syncer, worker_options(settings), clock=clock)
-            doc_ids = [d["_id"] for d in docs if d["_type"] in ("product", "post")]
-            yield Rig(lake, fs, store, worker, clock, doc_ids)
-    finally:
-        await store.close()
+    async with store_and_syncer(
+        tmp_path / "jobs.db",
+        sanity=httpx.MockTransport(lake),
+        filestack=httpx.MockTransport(fs),
+        settings=settings,
+        clock=clock,
+    ) as (store, syncer):
+        worker = Worker(store, syncer, worker_options(settings), clock=clock)
+        doc_ids = [d["_id"] for d in docs if d["_type"] in ("product", "post")]
+        yield Rig(lake, fs, store, worker, clock, doc_ids)
 
 
 def stores_per_asset(fs: FakeFilestack) -> Counter[str]:

@@ -13,13 +13,13 @@ import pytest
 
 from cms_sync.app import worker_options
 from cms_sync.cli import EXIT_FAILED, EXIT_OK, ReplayNow
+from cms_sync.jobs import Job
 from cms_sync.mapping import default_mapping
 from cms_sync.settings import Settings
 from cms_sync.sqlite import SQLiteJobStore
-from cms_sync.sync import open_syncer
 from cms_sync.worker import Worker
 from fakes import FakeContentLake, FakeFilestack
-from wiring import Clock, make_settings, no_wait_policy
+from wiring import Clock, make_settings, store_and_syncer
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ class Race:
 
 
 @asynccontextmanager
-async def race(tmp_path: Path) -> AsyncIterator[Race]:
+async def race(tmp_path: Path) -> AsyncIterator[tuple[Race, Job]]:
     # replay --now's own clients point at a closed port: in these races it never syncs.
     settings = make_settings(
         sanity_api_host="http://127.0.0.1:9",
@@ -48,30 +48,25 @@ async def race(tmp_path: Path) -> AsyncIterator[Race]:
         cms_sync_job_lease=30,
     )
     lake, fs, clock = FakeContentLake.from_fixtures(), FakeFilestack(), Clock(START)
-    store = await SQLiteJobStore.open(tmp_path / "jobs.db")
-    try:
-        async with open_syncer(
-            settings,
-            default_mapping(),
-            store.records,
-            retry=no_wait_policy(),
-            sanity_transport=httpx.MockTransport(lake),
-            filestack_transport=httpx.MockTransport(fs),
-            clock=clock,
-        ) as syncer:
-            service = Worker(store, syncer, worker_options(settings), clock=clock)
-            yield Race(store, service, clock, lake, fs, settings)
-    finally:
-        await store.close()
+    async with store_and_syncer(
+        tmp_path / "jobs.db",
+        sanity=httpx.MockTransport(lake),
+        filestack=httpx.MockTransport(fs),
+        settings=settings,
+        clock=clock,
+    ) as (store, syncer):
+        service = Worker(store, syncer, worker_options(settings), clock=clock)
+        race = Race(store, service, clock, lake, fs, settings)
+        await store.enqueue(["post-1"], now=clock())
+        claimed = await service.claim_document("post-1")  # the service is first
+        assert claimed is not None
+        yield race, claimed
 
 
 async def test_when_the_service_claims_first_replay_now_reports_its_outcome(
     tmp_path: Path,
 ) -> None:
-    async with race(tmp_path) as r:
-        await r.store.enqueue(["post-1"], now=r.clock())
-        claimed = await r.service.claim_document("post-1")
-        assert claimed is not None
+    async with race(tmp_path) as (r, claimed):
         waits: list[float] = []
 
         async def service_finishes(seconds: float) -> None:
@@ -88,12 +83,9 @@ async def test_when_the_service_claims_first_replay_now_reports_its_outcome(
 
 
 async def test_a_failure_in_the_service_is_reported_as_a_failure(tmp_path: Path) -> None:
-    async with race(tmp_path) as r:
+    async with race(tmp_path) as (r, claimed):
         image = r.lake.documents["post-1"]["mainImage"]["asset"]["_ref"]
         r.fs.refuse.add(r.lake.documents[image]["url"])
-        await r.store.enqueue(["post-1"], now=r.clock())
-        claimed = await r.service.claim_document("post-1")
-        assert claimed is not None
 
         async def service_fails(seconds: float) -> None:
             await r.service.execute(claimed)  # refused for good: failed at once
@@ -109,10 +101,7 @@ async def test_a_failure_in_the_service_is_reported_as_a_failure(tmp_path: Path)
 async def test_a_service_that_is_still_running_it_is_waited_for_then_named(
     tmp_path: Path,
 ) -> None:
-    async with race(tmp_path) as r:
-        await r.store.enqueue(["post-1"], now=r.clock())
-        claimed = await r.service.claim_document("post-1")
-        assert claimed is not None
+    async with race(tmp_path) as (r, claimed):
 
         async def time_passes(seconds: float) -> None:
             r.clock.advance(seconds)  # the service is alive: its heartbeat renews the lease

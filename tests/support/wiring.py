@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from cms_sync.mapping import default_mapping
 from cms_sync.records import AssetRecords, MemoryAssetRecords
 from cms_sync.retry import RetryPolicy
 from cms_sync.settings import Settings
+from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import Syncer, open_syncer
 from fakes import FakeContentLake, FakeFilestack
 
@@ -89,3 +92,29 @@ async def wired_syncer(
         filestack_transport=httpx.MockTransport(fs),
     ) as syncer:
         yield syncer
+
+
+@asynccontextmanager
+async def store_and_syncer(
+    database: Path,
+    *,
+    sanity: httpx.AsyncBaseTransport,
+    filestack: httpx.AsyncBaseTransport,
+    settings: Settings | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[tuple[SQLiteJobStore, Syncer]]:
+    """A SQLite job store at ``database`` and a Syncer on its records, wired to fakes."""
+    store = await SQLiteJobStore.open(database)
+    try:
+        async with open_syncer(
+            settings or make_settings(),
+            default_mapping(),
+            store.records,
+            retry=no_wait_policy(),
+            sanity_transport=sanity,
+            filestack_transport=filestack,
+            clock=clock,
+        ) as syncer:
+            yield store, syncer
+    finally:
+        await store.close()
