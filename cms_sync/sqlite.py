@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 3
+#: What /readyz writes: more than a delivery (an inbox row and a job, with their indexes).
+_PROBE_BYTES = 32 * 1024
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     idempotency_key TEXT PRIMARY KEY,
@@ -93,7 +95,8 @@ CREATE INDEX IF NOT EXISTS store_attempt_documents_doc
 -- One row rewritten by /readyz (schema 3): proof that the store can still be written.
 CREATE TABLE IF NOT EXISTS probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    pad BLOB
 );
 """
 
@@ -597,9 +600,12 @@ class SQLiteJobStore:
 
     async def check_writable(self, *, budget: float) -> None:
         def probe(conn: sqlite3.Connection) -> None:
+            # Larger than a delivery's write: on a nearly full disk a probe that fits
+            # where a delivery does not would say "ready" falsely.
             conn.execute(
-                "INSERT INTO probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = ?",
-                (time.time(), time.time()),
+                "INSERT INTO probe (id, at, pad) VALUES (1, :at, zeroblob(:pad)) "
+                "ON CONFLICT (id) DO UPDATE SET at = :at, pad = zeroblob(:pad)",
+                {"at": time.time(), "pad": _PROBE_BYTES},
             )
 
         await self._ingest_write(probe, budget)

@@ -144,20 +144,28 @@ def test_a_full_disk_gets_503_and_readyz_says_so_and_nothing_acknowledged_is_los
     tmp_path: Path,
 ) -> None:
     acknowledged: list[str] = []
+    readiness: list[int] = []
+    refused = 0
     with (
         service(tmp_path, file_size=1024 * 1024) as proc,
         httpx.Client(base_url=proc.url, timeout=10) as http,
     ):
         assert http.get("/readyz").status_code == 200
-        for n in range(2000):  # each commit grows the WAL; at 1 MiB the disk is "full"
+        for n in range(400):  # each commit grows the WAL; at 1 MiB the disk is "full"
             body, headers = signed_delivery(f"post-{n}")
             status = http.post("/webhooks/sanity", content=body, headers=headers).status_code
-            if status != 202:
+            assert status in (202, 503)
+            if status == 202:
+                acknowledged.append(f"post-{n}")
+                continue
+            refused += 1
+            # SQLite may restart a checkpointed WAL from its start, and then small writes
+            # fit again; /readyz must say 503 while writes fail, at least at some point.
+            readiness.append(http.get("/readyz").status_code)
+            if 503 in readiness and refused >= 5:
                 break
-            acknowledged.append(f"post-{n}")
-        assert status == 503 and acknowledged  # the disk filled, and it said so
-        ready = http.get("/readyz")
-        assert ready.status_code == 503
+    assert refused and acknowledged
+    assert 503 in readiness, readiness  # the old read-only ping said 200 throughout
     with sqlite3.connect(tmp_path / "cms-sync.db") as conn:
         queued = {doc_id for (doc_id,) in conn.execute("SELECT document_id FROM jobs")}
-    assert set(acknowledged) <= queued
+    assert set(acknowledged) <= queued  # nothing acknowledged was lost
