@@ -32,7 +32,7 @@ from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
 from cms_sync.scrub import Scrubber
-from cms_sync.serving import ReadDeadlineProtocol, connection_cap, raise_open_files_limit
+from cms_sync.serving import connection_cap, raise_open_files_limit, read_deadline_protocol
 from cms_sync.settings import (
     LogSettings,
     OperatorSettings,
@@ -369,8 +369,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             lifespan="on",
+            loop="asyncio",  # AcceptErrorLog knows asyncio's accept errors, not uvloop's
             timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
-            http=ReadDeadlineProtocol.with_timeout(settings.cms_sync_read_timeout),
+            http=read_deadline_protocol(
+                settings.cms_sync_read_timeout, settings.cms_sync_http_parser
+            ),
             limit_concurrency=max_connections,
         )
         server = uvicorn.Server(config)

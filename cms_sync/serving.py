@@ -22,11 +22,12 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import structlog
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = structlog.get_logger(__name__)
 
@@ -61,56 +62,123 @@ def connection_cap(open_files: int, configured: int | None) -> int:
     return ceiling if configured is None else min(configured, ceiling)
 
 
-class ReadDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol, closing connections that do not send a request in time.
+class _ReadDeadline:
+    """The deadline of one connection: armed while the client owes us a request.
 
-    The deadline runs from the connection's start, and again from each response, until
-    the request (headers and whole body) has arrived. A response in progress is never
-    cut: the deadline only applies while the client owes us bytes.
+    Armed when the connection opens and again after each response; disarmed once a
+    request (headers and whole body) has arrived. A response in progress is never cut:
+    at expiry, ``owes_request`` decides, and only a connection that still owes bytes is
+    aborted (``abort()``: a client that stopped reading must not keep the descriptor).
     """
 
-    read_timeout: float = 5.0
-    _read_deadline: asyncio.TimerHandle | None = None
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        seconds: float,
+        owes_request: Callable[[], bool],
+    ) -> None:
+        self._loop, self._transport, self._seconds = loop, transport, seconds
+        self._owes_request = owes_request
+        self._handle: asyncio.TimerHandle | None = None
 
-    @classmethod
-    def with_timeout(cls, seconds: float) -> type[ReadDeadlineProtocol]:
-        return type("ReadDeadlineProtocol", (cls,), {"read_timeout": seconds})
+    def arm(self) -> None:
+        self.disarm()
+        if not self._transport.is_closing():
+            self._handle = self._loop.call_later(self._seconds, self._expired)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expired(self) -> None:
+        self._handle = None
+        if not self._transport.is_closing() and self._owes_request():
+            self._transport.abort()
+
+
+class H11ReadDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol (pure Python), with a read deadline."""
+
+    read_timeout: float = 5.0
+    _deadline: _ReadDeadline
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._deadline = _ReadDeadline(self.loop, transport, self.read_timeout, self._owes)
+        self._deadline.arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline.disarm()
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
-            self._disarm()  # the request is in: what follows is ours to send
+        if not self._owes():
+            self._deadline.disarm()  # the request is in: what follows is ours to send
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets the same deadline
+        self._deadline.arm()  # the next request on this connection gets the same deadline
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._read_deadline = self.loop.call_later(self.read_timeout, self._read_expired)
+    def _owes(self) -> bool:
+        return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
 
-    def _disarm(self) -> None:
-        if self._read_deadline is not None:
-            self._read_deadline.cancel()
-            self._read_deadline = None
 
-    def _read_expired(self) -> None:
-        self._read_deadline = None
-        if self.transport.is_closing():
-            return
-        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
-            return
-        # abort(): a client that stopped reading must not keep the descriptor either.
-        self.transport.abort()
+class HttpToolsReadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (the C parser of Node.js), with a read deadline.
+
+    httptools may parse a pipelined request while the previous one is answered, and
+    the app may answer before the body is in (413 on a declared length), so the
+    protocol counts requests received and responses sent: the client owes a request
+    whenever every request it completed has been answered.
+    """
+
+    read_timeout: float = 5.0
+    _deadline: _ReadDeadline
+    _received: int = 0
+    _answered: int = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = _ReadDeadline(self.loop, transport, self.read_timeout, self._owes)
+        self._deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.disarm()
+        super().connection_lost(exc)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._received += 1
+        if self._owes():  # answered before its body was in: the next one is owed
+            self._deadline.arm()
+        else:
+            self._deadline.disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._answered += 1
+        if self._owes():
+            self._deadline.arm()
+
+    def _owes(self) -> bool:
+        return self._answered >= self._received
+
+
+HttpParser = Literal["httptools", "h11"]
+
+
+def read_deadline_protocol(
+    seconds: float, parser: HttpParser = "httptools"
+) -> type[H11ReadDeadlineProtocol] | type[HttpToolsReadDeadlineProtocol]:
+    """uvicorn's protocol for ``parser``, closing connections that owe a request past
+    ``seconds``."""
+    base: type[H11ReadDeadlineProtocol] | type[HttpToolsReadDeadlineProtocol] = (
+        HttpToolsReadDeadlineProtocol if parser == "httptools" else H11ReadDeadlineProtocol
+    )
+    return type(base.__name__, (base,), {"read_timeout": seconds})
 
 
 @dataclass

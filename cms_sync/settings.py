@@ -205,6 +205,8 @@ class Settings(SyncSettings, StoreSettings, JobSettings, LogSettings):
     cms_sync_max_connections: int | None = Field(default=None, ge=16, le=1_000_000)
     #: Seconds a connection has to deliver a whole request (headers and body).
     cms_sync_read_timeout: float = Field(default=5.0, gt=0, le=300)
+    #: HTTP/1.1 parser: httptools (C, the default) or h11 (pure Python, uvicorn's fallback).
+    cms_sync_http_parser: Literal["httptools", "h11"] = "httptools"
 
 
 class SyncCommandSettings(SyncSettings, StoreSettings, LogSettings):

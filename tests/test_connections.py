@@ -4,6 +4,7 @@ connections, and a disk that fills up."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import structlog
 from process import ServeProcess
 
@@ -80,20 +82,52 @@ def closed_by_server(sock: socket.socket, *, within: float) -> bool:
         return False
 
 
-def test_connections_that_do_not_deliver_a_request_in_time_are_closed(tmp_path: Path) -> None:
-    with service(tmp_path, CMS_SYNC_READ_TIMEOUT="0.5") as proc, ExitStack() as stack:
-        silent, half_headers, short_body = idle_connections(proc.url, 3, stack)
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_connections_that_do_not_deliver_a_request_in_time_are_closed(
+    tmp_path: Path, parser: str
+) -> None:
+    env = {"CMS_SYNC_READ_TIMEOUT": "0.5", "CMS_SYNC_HTTP_PARSER": parser}
+    with service(tmp_path, CMS_SYNC_WEBHOOK_MAX_BODY="1024", **env) as proc, ExitStack() as stack:
+        socks = idle_connections(proc.url, 5, stack)
+        _silent, half_headers, short_body, answered_early, then_stalled = socks
         half_headers.sendall(b"POST /webhooks/sanity HTTP/1.1\r\nHost: x\r\n")
         short_body.sendall(
-            b'POST /webhooks/sanity HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"_id":'
+            b'POST /webhooks/sanity HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n{"_id":'
         )
-        for sock in (silent, half_headers, short_body):
-            assert closed_by_server(sock, within=10)
-        # A connection that completes its request is answered, and kept alive.
+        # Answered 413 from its declared length, then the rest of its body never comes;
+        # or it comes, and the next request stops halfway.
+        too_large = b"POST /webhooks/sanity HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+        for sock in (answered_early, then_stalled):
+            sock.sendall(too_large + b"{")
+            assert read_responses(sock, 1) == [413]
+        then_stalled.sendall(b" " * 4999 + b"POST /webhooks/sanity HTTP/1.1\r\n")
+        # The deadline is 0.5 s; uvicorn's own keep-alive timeout (5 s) is not what closes them.
+        for sock in socks:
+            assert closed_by_server(sock, within=3)
+        # Complete requests are answered, pipelined or not, and the connection kept alive.
         (kept,) = idle_connections(proc.url, 1, stack)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        assert read_responses(kept, 2) == [200, 200]
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        kept.settimeout(10)
-        assert kept.recv(1024).startswith(b"HTTP/1.1 200")
+        assert read_responses(kept, 1) == [200]
+
+
+def read_responses(sock: socket.socket, count: int) -> list[int]:
+    """The status codes of ``count`` small responses on ``sock`` (each with a length)."""
+    sock.settimeout(10)
+    data, statuses = b"", []
+    while len(statuses) < count:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+            if len(rest) >= length:
+                statuses.append(int(head.split()[1]))
+                data = rest[length:]
+                continue
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {statuses}"
+        data += chunk
+    return statuses
 
 
 def test_above_the_connection_cap_requests_get_503(tmp_path: Path) -> None:
