@@ -4,10 +4,15 @@ A delivery must be on disk before it is acknowledged. With ``synchronous=FULL`` 
 commit is an fsync, and an fsync costs milliseconds, so one transaction per delivery
 caps ingest at a few hundred per second and makes each delivery wait behind the others.
 Here a dedicated thread owns one connection. Requests from the event loop are queued;
-whenever the thread is free it takes *everything* queued, runs each request in a
-savepoint of one ``BEGIN IMMEDIATE`` transaction, commits once, and only then resolves
-each request's future. No request waits on a timer: a batch is whatever arrived while
-the previous one was being written.
+whenever the thread is free it takes *everything* queued, runs the requests in one
+``BEGIN IMMEDIATE`` transaction, commits once, and only then resolves the futures, with
+one wake-up of the event loop per batch. No request waits on a timer: a batch is
+whatever arrived while the previous one was being written.
+
+If a request fails, the batch is rolled back and run again with a savepoint around
+each request, so that only the failing one fails. Savepoints are not the first try
+because every statement is a round trip for the GIL, which this thread shares with a
+busy event loop: without them a batch takes half the statements.
 
 Every request carries a deadline. The thread waits for the write lock (the in-process
 one, then SQLite's, held perhaps by another process) at most until the earliest deadline
@@ -106,47 +111,60 @@ class GroupCommit:
 
     def _run(self, batch: list[_Request[Any]]) -> None:
         now = time.monotonic()
-        live = [r for r in batch if r.deadline > now and not r.future.cancelled()]
+        late = StoreUnavailable("job store: busy: not written in time")
+        live: list[_Request[Any]] = []
+        settled: list[tuple[_Request[Any], Any]] = []
         for r in batch:
-            if r not in live:
-                _settle(r, StoreUnavailable("job store: busy: not written in time"))
-        if not live:
-            return
+            if r.deadline > now and not r.future.cancelled():
+                live.append(r)
+            else:
+                settled.append((r, late))
         try:
-            self.check()
-        except StoreUnavailable as exc:
-            for r in live:
-                _settle(r, exc)
-            return
-        if not self.write_lock.acquire(timeout=_remaining(live)):
-            for r in live:
-                _settle(r, StoreUnavailable("job store: busy: the write lock is held"))
-            return
-        try:
-            outcomes = self._transaction(live)
+            if not live:
+                return
+            try:
+                self.check()
+            except StoreUnavailable as exc:
+                settled += [(r, exc) for r in live]
+                return
+            if not self.write_lock.acquire(timeout=_remaining(live)):
+                held = StoreUnavailable("job store: busy: the write lock is held")
+                settled += [(r, held) for r in live]
+                return
+            try:
+                outcomes = self._transaction(live)
+            finally:
+                self.write_lock.release()
+            settled += zip(live, outcomes, strict=True)
         finally:
-            self.write_lock.release()
-        for r, outcome in zip(live, outcomes, strict=True):
-            _settle(r, outcome)
+            _settle(settled)
 
     def _transaction(self, batch: list[_Request[Any]]) -> list[Any]:
-        conn = self.conn
+        """One transaction for the batch: every request at once, and only if one of them
+        fails, again with a savepoint each, so that it alone fails."""
         try:  # SQLite's lock (another process may hold it): wait no longer than allowed
-            conn.execute(f"PRAGMA busy_timeout = {max(1, int(_remaining(batch) * 1000))}")
-            conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(f"PRAGMA busy_timeout = {max(1, int(_remaining(batch) * 1000))}")
         except sqlite3.Error as exc:
             return [StoreUnavailable(f"job store: {exc}")] * len(batch)
-        outcomes: list[Any] = []
+        outcomes = self._committed(batch, self._together)
+        if outcomes is None:
+            outcomes = self._committed(batch, self._isolated)
+        return outcomes or []
+
+    def _committed(
+        self,
+        batch: list[_Request[Any]],
+        run: Callable[[list[_Request[Any]]], list[Any] | None],
+    ) -> list[Any] | None:
+        """``run`` the batch in a transaction and commit it; None (rolled back) if ``run``
+        gave up. A failure of the transaction itself fails every request."""
+        conn = self.conn
         try:
-            for r in batch:
-                conn.execute("SAVEPOINT request")
-                try:
-                    outcomes.append(r.fn(conn))
-                except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
-                    conn.execute("ROLLBACK TO request")
-                    failure = StoreUnavailable(f"job store: {exc}")
-                    outcomes.append(failure if isinstance(exc, sqlite3.Error) else exc)
-                conn.execute("RELEASE request")
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = run(batch)
+            if outcomes is None:
+                conn.execute("ROLLBACK")
+                return None
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -155,19 +173,49 @@ class GroupCommit:
         self.batches += 1
         return outcomes
 
+    def _together(self, batch: list[_Request[Any]]) -> list[Any] | None:
+        outcomes: list[Any] = []
+        for r in batch:
+            try:
+                outcomes.append(r.fn(self.conn))
+            except Exception:  # noqa: BLE001 - the isolated run tells who failed
+                return None
+        return outcomes
+
+    def _isolated(self, batch: list[_Request[Any]]) -> list[Any]:
+        conn = self.conn
+        outcomes: list[Any] = []
+        for r in batch:
+            conn.execute("SAVEPOINT request")
+            try:
+                outcomes.append(r.fn(conn))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
+                conn.execute("ROLLBACK TO request")
+                failure = StoreUnavailable(f"job store: {exc}")
+                outcomes.append(failure if isinstance(exc, sqlite3.Error) else exc)
+            conn.execute("RELEASE request")
+        return outcomes
+
 
 def _remaining(batch: list[_Request[Any]]) -> float:
     return max(0.0, min(r.deadline for r in batch) - time.monotonic())
 
 
-def _settle(request: _Request[Any], outcome: Any) -> None:
-    def resolve() -> None:
+def _settle(settled: list[tuple[_Request[Any], Any]]) -> None:
+    """Hand each outcome to its caller's loop: one wake-up per loop, not per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request[Any], Any]]] = {}
+    for request, outcome in settled:
+        by_loop.setdefault(request.loop, []).append((request, outcome))
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_resolve, pairs)
+
+
+def _resolve(pairs: list[tuple[_Request[Any], Any]]) -> None:
+    for request, outcome in pairs:
         if request.future.done():  # the caller gave up (timed out or went away)
-            return
+            continue
         if isinstance(outcome, BaseException):
             request.future.set_exception(outcome)
         else:
             request.future.set_result(outcome)
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        request.loop.call_soon_threadsafe(resolve)

@@ -61,17 +61,28 @@ async def test_a_failing_write_is_rolled_back_alone(writer: GroupCommit, databas
         conn.execute("INSERT INTO t (k) VALUES ('half-done')")
         raise ValueError("a bug in one request")
 
-    outcomes = await asyncio.gather(
-        writer.submit(insert("a"), budget=5),
-        writer.submit(boom, budget=5),
-        writer.submit(insert("a"), budget=5),  # duplicate key
-        writer.submit(insert("b"), budget=5),
-        return_exceptions=True,
-    )
+    # A first write holds the thread until the others are queued, so they share a batch.
+    entered, release = threading.Event(), threading.Event()
+
+    def first(conn: sqlite3.Connection) -> None:
+        entered.set()
+        release.wait(5)
+
+    held = asyncio.ensure_future(writer.submit(first, budget=5))
+    assert await asyncio.to_thread(entered.wait, 5)
+    batch = [
+        asyncio.ensure_future(writer.submit(fn, budget=5))
+        for fn in (insert("a"), boom, insert("a"), insert("b"))  # the second "a": duplicate
+    ]
+    await asyncio.sleep(0)
+    release.set()
+    await held
+    outcomes = await asyncio.gather(*batch, return_exceptions=True)
     assert outcomes[0] == "a" and outcomes[3] == "b"
     assert isinstance(outcomes[1], ValueError)
     assert isinstance(outcomes[2], StoreUnavailable)  # sqlite3.IntegrityError, translated
     assert rows(database) == ["a", "b"]
+    assert writer.batches == 2  # the first write's, and one for the other four
 
 
 async def test_a_held_lock_fails_the_write_by_its_deadline_and_writes_nothing(
