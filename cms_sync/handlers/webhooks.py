@@ -51,56 +51,65 @@ def _error(status: int, message: str) -> JSONResponse:
 async def sanity_webhook(request: Request) -> JSONResponse:
     service: Service = request.app.state.service
     key = request.headers.get("idempotency-key")
-    with structlog.contextvars.bound_contextvars(delivery_id=key):
+    # bind and reset, not bound_contextvars(): this runs per delivery, and that
+    # context manager copies every bound variable on the way in and out.
+    tokens = structlog.contextvars.bind_contextvars(delivery_id=key)
+    try:
+        return await _handle(request, service, key)
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+async def _handle(request: Request, service: Service, key: str | None) -> JSONResponse:
+    try:
+        body = await _read_body(request, service.max_body)
+    except _TooLarge:
+        log.warning("delivery_rejected", reason="body too large", limit=service.max_body)
+        return _error(413, f"body larger than {service.max_body} bytes")
+    except ClientDisconnect:
+        return _error(400, "client disconnected")
+    if service.webhook_secret is not None:
         try:
-            body = await _read_body(request, service.max_body)
-        except _TooLarge:
-            log.warning("delivery_rejected", reason="body too large", limit=service.max_body)
-            return _error(413, f"body larger than {service.max_body} bytes")
-        except ClientDisconnect:
-            return _error(400, "client disconnected")
-        if service.webhook_secret is not None:
-            try:
-                signature.verify(
-                    request.headers.get(signature.HEADER),
-                    body,
-                    service.webhook_secret.get_secret_value(),
-                    tolerance=service.signature_tolerance,
-                    now=service.clock(),
-                )
-            except SignatureError as exc:
-                log.warning("delivery_rejected", reason=str(exc))
-                return _error(401, f"invalid signature: {exc}")
-        else:
-            log.warning("delivery_unverified", reason="--insecure-skip-signature")
-        try:
-            delivery = parse_delivery(
-                body, request.headers, service.mapping, max_documents=service.max_documents
+            signature.verify(
+                request.headers.get(signature.HEADER),
+                body,
+                service.webhook_secret.get_secret_value(),
+                tolerance=service.signature_tolerance,
+                now=service.clock(),
             )
-        except MalformedDelivery as exc:
+        except SignatureError as exc:
             log.warning("delivery_rejected", reason=str(exc))
-            return _error(400, str(exc))
-        except DeliveryTooLarge as exc:
-            log.warning("delivery_rejected", reason=str(exc))
-            return _error(413, str(exc))
-        ignored = [{"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored]
-        if not delivery.events:
-            log.info("delivery_ignored", ignored=ignored)
-            return JSONResponse({"status": "ignored", "ignored": ignored})
-        try:
-            accepted = await service.store.accept(key, delivery.events, now=service.clock())
-        except StoreUnavailable as exc:
-            log.error("delivery_not_stored", error=str(exc))
-            return _error(503, "job store unavailable; retry later")
-        if accepted.duplicate:
-            log.info("delivery_duplicate")
-            return JSONResponse({"status": "duplicate"})
-        service.worker.wake()
-        result: dict[str, Any] = {
-            "status": "queued",
-            "queued": list(accepted.queued),
-            "coalesced": list(accepted.coalesced),
-            "ignored": ignored,
-        }
-        log.info("delivery_queued", queued=result["queued"], coalesced=result["coalesced"])
-        return JSONResponse(result, status_code=202)
+            return _error(401, f"invalid signature: {exc}")
+    else:
+        log.warning("delivery_unverified", reason="--insecure-skip-signature")
+    try:
+        delivery = parse_delivery(
+            body, request.headers, service.mapping, max_documents=service.max_documents
+        )
+    except MalformedDelivery as exc:
+        log.warning("delivery_rejected", reason=str(exc))
+        return _error(400, str(exc))
+    except DeliveryTooLarge as exc:
+        log.warning("delivery_rejected", reason=str(exc))
+        return _error(413, str(exc))
+    ignored = [{"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored]
+    if not delivery.events:
+        log.info("delivery_ignored", ignored=ignored)
+        return JSONResponse({"status": "ignored", "ignored": ignored})
+    try:
+        accepted = await service.store.accept(key, delivery.events, now=service.clock())
+    except StoreUnavailable as exc:
+        log.error("delivery_not_stored", error=str(exc))
+        return _error(503, "job store unavailable; retry later")
+    if accepted.duplicate:
+        log.info("delivery_duplicate")
+        return JSONResponse({"status": "duplicate"})
+    service.worker.wake()
+    result: dict[str, Any] = {
+        "status": "queued",
+        "queued": list(accepted.queued),
+        "coalesced": list(accepted.coalesced),
+        "ignored": ignored,
+    }
+    log.info("delivery_queued", queued=result["queued"], coalesced=result["coalesced"])
+    return JSONResponse(result, status_code=202)
