@@ -1,16 +1,22 @@
 """Ingest benchmark: signed deliveries to ``cms-sync serve`` beside a bare Starlette endpoint.
 
-    python bench/ingest.py [--seconds 5] [--concurrency 1,16,64] [--documents 300]
+    python bench/ingest.py [--seconds 5] [--concurrency 1,16,64] [--parser httptools,h11]
+                           [--upstream-latency 0.04] [--documents 300]
 
-One run starts three processes: the Sanity and Filestack fakes, ``cms-sync serve`` (SQLite
-store in a fresh directory under the current one, so on the real disk, and its worker
-busy syncing what the deliveries queue), and a bare Starlette endpoint under the same
-uvicorn that reads the body and answers 202. The same client (keep-alive HTTP/1.1
-connections, one per concurrent sender, in this process) then sends the same signed
-deliveries to each for ``--seconds`` per concurrency level, alternating, and prints one
-table: throughput of each, their ratio, and latency percentiles. Every 202 from the
-service is fsync'd before it is sent. It is a benchmark, not a test: numbers depend on
-the machine and its load; the ratio is the figure to compare.
+One run starts the Sanity and Filestack fakes (each Sanity call taking
+``--upstream-latency`` seconds, each store six times as long), then, for each HTTP
+parser: ``cms-sync serve`` (SQLite store in a fresh directory under the current one, so
+on the real disk) and a bare Starlette endpoint under the same uvicorn set-up (asyncio
+loop, same parser) that reads the body and answers 202. The same client (keep-alive
+HTTP/1.1 connections, one per concurrent sender, in this process) sends the same signed
+deliveries to each for ``--seconds`` per level: the bare endpoint first, while the
+service is stopped (SIGSTOP) so that its worker takes no CPU; then the service, with
+its worker busy syncing what the deliveries queue (300 documents, each delivery for a
+random one). It prints one table:
+throughput of each, their ratio, latency percentiles, and the worker's Sanity queries per
+second during the service's run. Every 202 from the service is fsync'd before it is sent.
+It is a benchmark, not a test: numbers depend on the machine and its load; the ratio is
+the figure to compare.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,19 +41,43 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec-bench"  # noqa: S105 - the benchmark's own throwaway secret
+TOKEN = "sk-bench"  # noqa: S105 - the write token the Content Lake fake accepts
 
 
 # -- helper processes -----------------------------------------------------------------
-def serve_fakes(documents: int) -> None:
-    """Serve the Content Lake and Filestack fakes; print their URLs as one JSON line."""
+def serve_fakes(documents: int, latency: float) -> None:
+    """Serve the Content Lake and Filestack fakes; print their URLs as one JSON line.
+
+    Each Sanity call takes ``latency`` seconds and each Filestack store six times that
+    (40 ms and 240 ms by default, about what the backfill issue measured against). ``GET
+    /bench/stats`` on the Sanity fake counts the calls so far, which shows how busy the
+    worker was.
+    """
     sys.path.insert(0, str(ROOT / "tests" / "support"))
+    import httpx
+
     from fakes import FakeContentLake, FakeFilestack
     from scenarios import catalogue
     from servers import serve
 
     docs = catalogue(products=documents // 2, posts=documents - documents // 2, shared=20)
-    lake = FakeContentLake(documents={d["_id"]: d for d in docs})
-    with serve(lake) as (sanity_url, lake_seen), serve(FakeFilestack()) as (fs_url, fs_seen):
+    lake = FakeContentLake(documents={d["_id"]: d for d in docs}, token=TOKEN)
+    filestack = FakeFilestack()
+    calls = Counter[str]()
+
+    def sanity(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/bench/stats":
+            return httpx.Response(200, json=calls)
+        calls["query" if "/data/query/" in request.url.path else "mutate"] += 1
+        time.sleep(latency)
+        return lake(request)
+
+    def store(request: httpx.Request) -> httpx.Response:
+        calls["store"] += 1
+        time.sleep(latency * 6)
+        return filestack(request)
+
+    with serve(sanity) as (sanity_url, lake_seen), serve(store) as (fs_url, fs_seen):
         print(json.dumps({"sanity": sanity_url, "filestack": fs_url}), flush=True)
         while True:  # until killed; forget requests so memory stays flat
             time.sleep(1)
@@ -54,8 +85,9 @@ def serve_fakes(documents: int) -> None:
             fs_seen.clear()
 
 
-def serve_bare(port: int) -> None:
-    """The bare endpoint: read the body, answer 202; nothing stored."""
+def serve_bare(port: int, parser: str) -> None:
+    """The bare endpoint: read the body, answer 202; nothing stored. Same uvicorn set-up
+    as ``cms-sync serve``: the asyncio loop and the same HTTP parser."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -75,7 +107,15 @@ def serve_bare(port: int) -> None:
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="asyncio",
+        http=parser,  # type: ignore[arg-type]
+    )
 
 
 # -- the client ---------------------------------------------------------------------
@@ -174,48 +214,55 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], path: str) -> None:
     raise SystemExit(f"port {port} never became healthy")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per level and server")
-    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
-    parser.add_argument("--documents", type=int, default=300, help="documents in the fake")
-    parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_fakes:
-        serve_fakes(args.documents)
-        return
-    if args.serve_bare is not None:
-        serve_bare(args.serve_bare)
-        return
+def fake_calls(sanity_url: str) -> Counter[str]:
+    with urllib.request.urlopen(f"{sanity_url}/bench/stats", timeout=10) as answer:  # noqa: S310
+        return Counter[str](json.load(answer))
 
-    levels = [int(c) for c in args.concurrency.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path.cwd()))
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    procs.clear()
+
+
+@dataclass
+class Row:
+    parser: str
+    level: int
+    ours: Result
+    bare: Result
+    syncs: float  # the worker's Sanity queries per second while ours was measured
+
+
+def measure(
+    parser: str, levels: list[int], urls: dict[str, str], work: Path, args: argparse.Namespace
+) -> list[Row]:
+    """Start the service and the bare endpoint with ``parser``; measure every level."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        fakes = subprocess.Popen(  # noqa: S603 - this script
-            [sys.executable, __file__, "--serve-fakes", "--documents", str(args.documents)],
-            stdout=subprocess.PIPE,
-        )
-        procs.append(fakes)
-        assert fakes.stdout is not None
-        urls = json.loads(fakes.stdout.readline())
         bare_port, service_port = free_port(), free_port()
         procs.append(
-            subprocess.Popen(  # noqa: S603
-                [sys.executable, __file__, "--serve-bare", str(bare_port)]
+            subprocess.Popen(  # noqa: S603 - this script
+                [sys.executable, __file__, "--serve-bare", str(bare_port), "--parser", parser]
             )
         )
+        (work / parser).mkdir()
         env = {
             **os.environ,
             "SANITY_PROJECT_ID": "cmsdemo",
             "SANITY_DATASET": "production",
-            "SANITY_WRITE_TOKEN": "sk-bench",
+            "SANITY_WRITE_TOKEN": TOKEN,
             "SANITY_API_HOST": urls["sanity"],
             "FILESTACK_API_KEY": "fs-bench",
             "FILESTACK_PROCESS_URL": f"{urls['filestack']}/process",
             "SANITY_WEBHOOK_SECRET": SECRET,
-            "CMS_SYNC_DATABASE": str(work / "cms-sync.db"),
+            "CMS_SYNC_DATABASE": str(work / parser / "cms-sync.db"),
+            "CMS_SYNC_HTTP_PARSER": parser,
             "CMS_SYNC_LOG_LEVEL": "warning",
             "CMS_SYNC_LOG_FORMAT": "json",
         }
@@ -224,47 +271,106 @@ def main() -> None:
             subprocess.Popen(  # noqa: S603
                 [*serve, "-m", "cms_sync", "serve", "--port", str(service_port)],
                 env=env,
-                cwd=work,
+                cwd=work / parser,
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_healthy(bare_port, procs[1], "/healthz")
-        wait_healthy(service_port, procs[2], "/readyz")
+        wait_healthy(bare_port, procs[0], "/healthz")
+        wait_healthy(service_port, procs[1], "/readyz")
         doc_ids = [f"product-{n}" for n in range(args.documents // 2)] + [
             f"post-{n}" for n in range(args.documents - args.documents // 2)
         ]
         rows = []
         for seed, level in enumerate(levels):
             requests = deliveries(doc_ids, seed)
-            asyncio.run(load(bare_port, requests, level, min(1.0, args.seconds)))  # warm up
-            asyncio.run(load(service_port, requests, level, min(1.0, args.seconds)))
-            bare = asyncio.run(load(bare_port, requests, level, args.seconds))
-            ours = asyncio.run(load(service_port, requests, level, args.seconds))
-            rows.append((level, ours, bare))
-        print(f"\nsigned deliveries, {args.seconds:g} s per level and server; worker busy\n")
-        print(
-            "| concurrency | this service | bare endpoint | ratio | our p50 | our p99 | bare p99 |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for level, ours, bare in rows:
-            print(
-                f"| {level} | {ours.rate:,.0f} req/s | {bare.rate:,.0f} req/s | "
-                f"{ours.rate / bare.rate:.2f} | {ours.percentile(50):.1f} ms | "
-                f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms |"
-            )
-        statuses = Counter[int]()
-        for _, ours, _ in rows:
-            statuses.update(ours.statuses)
-        print(f"\nservice answers: {dict(sorted(statuses.items()))}")
-    finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+            warm_up = min(1.0, args.seconds)
+            # The service is stopped (SIGSTOP) while the bare endpoint is measured, so that
+            # its worker takes nothing from the machine then.
+            procs[1].send_signal(signal.SIGSTOP)
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                asyncio.run(load(bare_port, requests, level, warm_up))
+                bare = asyncio.run(load(bare_port, requests, level, args.seconds))
+            finally:
+                procs[1].send_signal(signal.SIGCONT)
+            asyncio.run(load(service_port, requests, level, warm_up))  # the worker gets busy
+            before = fake_calls(urls["sanity"])
+            ours = asyncio.run(load(service_port, requests, level, args.seconds))
+            queries = fake_calls(urls["sanity"])["query"] - before["query"]
+            rows.append(Row(parser, level, ours, bare, queries / ours.seconds))
+        return rows
+    finally:
+        stop(procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per level and server")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
+    parser.add_argument("--documents", type=int, default=300, help="documents in the fake")
+    parser.add_argument(
+        "--parser", default="httptools,h11", help="HTTP parsers to measure, each for both"
+    )
+    parser.add_argument(
+        "--upstream-latency",
+        type=float,
+        default=0.04,
+        help="seconds per Sanity call (a Filestack store takes six times as long)",
+    )
+    parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fakes:
+        serve_fakes(args.documents, args.upstream_latency)
+        return
+    if args.serve_bare is not None:
+        serve_bare(args.serve_bare, args.parser)
+        return
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path.cwd()))
+    fakes: list[subprocess.Popen[bytes]] = []
+    try:
+        fakes.append(
+            subprocess.Popen(  # noqa: S603 - this script
+                [
+                    *(sys.executable, __file__, "--serve-fakes"),
+                    *("--documents", str(args.documents)),
+                    *("--upstream-latency", str(args.upstream_latency)),
+                ],
+                stdout=subprocess.PIPE,
+            )
+        )
+        assert fakes[0].stdout is not None
+        urls = json.loads(fakes[0].stdout.readline())
+        rows = [
+            row
+            for name in args.parser.split(",")
+            for row in measure(name, levels, urls, work, args)
+        ]
+    finally:
+        stop(fakes)
         shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"\nsigned deliveries, {args.seconds:g} s per level and server; worker busy, "
+        f"Sanity calls taking {args.upstream_latency * 1000:g} ms\n"
+    )
+    print(
+        "| parser | concurrency | this service | bare endpoint | ratio | our p50 | our p99 "
+        "| bare p99 | worker syncs/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ours, bare = row.ours, row.bare
+        print(
+            f"| {row.parser} | {row.level} | {ours.rate:,.0f} req/s | {bare.rate:,.0f} req/s | "
+            f"{ours.rate / bare.rate:.2f} | {ours.percentile(50):.1f} ms | "
+            f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.syncs:,.0f} |"
+        )
+    statuses = Counter[int]()
+    for row in rows:
+        statuses.update(row.ours.statuses)
+    print(f"\nservice answers: {dict(sorted(statuses.items()))}")
 
 
 if __name__ == "__main__":
