@@ -27,7 +27,7 @@ from cms_sync.errors import (
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import Job, JobState, JobStore
+from cms_sync.jobs import Job, JobRequest, JobSource, JobState, JobStore
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.planner import Action
@@ -169,7 +169,7 @@ async def run_replay(
     try:
         ids = list(document_ids)
         if all_failed:
-            ids += await store.failed_document_ids()
+            ids += [failure.document_id for failure in await store.failures()]
         ids = list(dict.fromkeys(ids))
         if not ids:
             print("no failed documents to replay", file=out)
@@ -179,7 +179,8 @@ async def run_replay(
             if problem is not None:
                 print(f"{shown_id(doc_id)}: error: {problem}", file=out)
         ids = [doc_id for doc_id, problem in unusable.items() if problem is None]
-        accepted = await store.enqueue(ids, now=time.time())
+        replays = [JobRequest(doc_id, source=JobSource.REPLAY) for doc_id in ids]
+        accepted = await store.enqueue(replays, now=time.time())
         for doc_id in accepted.unseen:
             print(
                 f"{doc_id}: never seen by this store (no job in {settings.cms_sync_database}); "

@@ -1,4 +1,4 @@
-"""Read a Sanity webhook delivery into the document events to queue. Pure.
+"""Read a Sanity webhook delivery into the job requests to queue. Pure.
 
 Two body shapes are accepted:
 
@@ -18,11 +18,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from cms_sync.errors import DeliveryTooLarge, MalformedDelivery
+from cms_sync.jobs import JobRequest, JobSource
 from cms_sync.mapping import MediaMapping
+from cms_sync.timestamps import parse_timestamp
 
 #: Sanity document ids: a-zA-Z0-9._- (Sanity's "IDs and Paths"), at most 128 characters.
 MAX_ID_LENGTH = 128
@@ -34,33 +35,10 @@ MAX_DOCUMENTS = 1000
 
 
 @dataclass(frozen=True)
-class DocumentEvent:
-    """One document to sync because of a delivery."""
-
-    document_id: str
-    operation: str | None = None  # create | update (deletes are never queued)
-    #: ``sanity-transaction-time`` as unix seconds: the document must be at least this new.
-    transaction_time: float | None = None
-
-
-@dataclass(frozen=True)
 class Delivery:
     idempotency_key: str | None
-    events: tuple[DocumentEvent, ...]
+    requests: tuple[JobRequest, ...]  # one per document to queue
     ignored: tuple[tuple[str, str], ...]  # (document id, why it is not queued)
-
-
-def parse_timestamp(value: str | None) -> float | None:
-    """ISO-8601 (``2026-11-20T10:00:00.123Z``) to unix seconds; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.timestamp()
 
 
 def shown_id(document_id: str) -> str:
@@ -155,13 +133,13 @@ def parse_delivery(
         doc_id = candidates[0][0]
         raise MalformedDelivery(f"{shown_id(doc_id)!r}: {id_problem(doc_id)}")
 
-    events: dict[str, DocumentEvent] = {}
+    requests: dict[str, JobRequest] = {}
     ignored: list[tuple[str, str]] = []
     for doc_id, doc_type, operation in candidates:
         reason = _skip_reason(doc_id, doc_type, operation, mapping)
         if reason is not None:
             ignored.append((shown_id(doc_id), reason))
-        elif doc_id not in events:
-            events[doc_id] = DocumentEvent(doc_id, operation, when)
+        elif doc_id not in requests:
+            requests[doc_id] = JobRequest(doc_id, operation, when, JobSource.WEBHOOK)
     key = (headers.get("idempotency-key") or "").strip() or None
-    return Delivery(idempotency_key=key, events=tuple(events.values()), ignored=tuple(ignored))
+    return Delivery(idempotency_key=key, requests=tuple(requests.values()), ignored=tuple(ignored))

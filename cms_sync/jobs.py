@@ -26,8 +26,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cms_sync.deliveries import DocumentEvent
 from cms_sync.records import AssetRecords
+
+
+class JobSource(enum.StrEnum):
+    """Who asked for a job."""
+
+    WEBHOOK = "webhook"  # a Sanity delivery
+    REPLAY = "replay"  # an operator
+    BACKFILL = "backfill"  # a sweep of documents that existed before the worker
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A request to sync one document, from whichever source."""
+
+    document_id: str
+    operation: str | None = None  # create | update (deletes are never queued)
+    #: The document must be at least this new (unix seconds): a webhook's transaction time.
+    not_before: float | None = None
+    source: JobSource = JobSource.WEBHOOK
 
 
 class JobState(enum.StrEnum):
@@ -47,7 +65,8 @@ class Job:
     created_at: float
     updated_at: float
     operation: str | None = None
-    transaction_time: float | None = None
+    not_before: float | None = None  # see JobRequest
+    source: JobSource = JobSource.WEBHOOK
     read_retries: int = 0  # short retries spent waiting for the document to be readable
     last_error: str | None = None
     lease_owner: str | None = None
@@ -114,11 +133,14 @@ class JobStore(Protocol):
     def records(self) -> AssetRecords: ...
 
     async def accept(
-        self, idempotency_key: str | None, events: Sequence[DocumentEvent], *, now: float
-    ) -> Accepted: ...
+        self, idempotency_key: str | None, requests: Sequence[JobRequest], *, now: float
+    ) -> Accepted:
+        """Queue a delivery's requests, once per idempotency key."""
+        ...
 
-    async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
-        """Queue documents (replay): coalesces, clears their failed jobs, names the unseen."""
+    async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
+        """Queue on an operator's say-so (replay): due now, attempts from zero, failed jobs
+        and the documents' unanswered-store counts cleared; names the unseen."""
         ...
 
     async def latest_job(self, document_id: str) -> Job | None:
@@ -152,8 +174,6 @@ class JobStore(Protocol):
         ...
 
     async def failures(self) -> list[FailedJob]: ...
-
-    async def failed_document_ids(self) -> list[str]: ...
 
     async def stats(self, *, now: float) -> StoreStats: ...
 

@@ -23,17 +23,16 @@ from typing import Any, TypeVar
 
 import structlog
 
-from cms_sync.deliveries import DocumentEvent
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.groupcommit import GroupCommit
-from cms_sync.jobs import Accepted, FailedJob, Job, JobState, StoreStats
+from cms_sync.jobs import Accepted, FailedJob, Job, JobRequest, JobSource, JobState, StoreStats
 from cms_sync.records import StoredAsset, StoreGate
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What /readyz writes: more than a delivery (an inbox row and a job, with their indexes).
 _PROBE_BYTES = 32 * 1024
 _SCHEMA = """
@@ -52,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner TEXT,
     lease_until REAL,
     operation TEXT,
-    transaction_time REAL,
+    not_before REAL,  -- schema 4; was transaction_time
+    source TEXT NOT NULL DEFAULT 'webhook'
+        CHECK (source IN ('webhook', 'replay', 'backfill')),  -- schema 4
     read_retries INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     created_at REAL NOT NULL,
@@ -111,7 +112,8 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         operation=row["operation"],
-        transaction_time=row["transaction_time"],
+        not_before=row["not_before"],
+        source=JobSource(row["source"]),
         read_retries=row["read_retries"],
         last_error=row["last_error"],
         lease_owner=row["lease_owner"],
@@ -146,11 +148,31 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> _Opened:
         raise ConfigError(
             f"CMS_SYNC_DATABASE: {path} has schema {version}, newer than this cms-sync knows"
         )
+    if 0 < version < 4:
+        _migrate_to_4(conn)
     conn.executescript(_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     ingest = _connection(path, busy_timeout, create=False)
     stat = os.stat(path)
     return _Opened(conn, ingest, (stat.st_dev, stat.st_ino))
+
+
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    """Schema 4: a job's ``transaction_time`` is its ``not_before``; jobs have a source."""
+    conn.execute("BEGIN IMMEDIATE")  # another process may be migrating at the same time
+    try:
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "transaction_time" in columns:
+            conn.execute("ALTER TABLE jobs RENAME COLUMN transaction_time TO not_before")
+        if "source" not in columns:
+            conn.execute(
+                "ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook' "
+                "CHECK (source IN ('webhook', 'replay', 'backfill'))"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True)
@@ -383,7 +405,7 @@ class SQLiteJobStore:
 
     # -- deliveries and queueing ------------------------------------------------------
     async def accept(
-        self, idempotency_key: str | None, events: Sequence[DocumentEvent], *, now: float
+        self, idempotency_key: str | None, requests: Sequence[JobRequest], *, now: float
     ) -> Accepted:
         def write(conn: sqlite3.Connection) -> Accepted:
             if idempotency_key is not None:
@@ -394,23 +416,23 @@ class SQLiteJobStore:
                 ).rowcount
                 if not inserted:
                     return Accepted(duplicate=True)
-            return _queue(conn, events, now=now, clear_failed=False)
+            return _queue(conn, requests, now=now, clear_failed=False)
 
         return await self._ingest_write(write, self._ingest_timeout)
 
-    async def enqueue(self, document_ids: Sequence[str], *, now: float) -> Accepted:
-        events = [DocumentEvent(doc_id) for doc_id in dict.fromkeys(document_ids)]
+    async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
+        requests = list({r.document_id: r for r in reversed(requests)}.values())[::-1]
 
         def write(conn: sqlite3.Connection) -> Accepted:
             unseen = tuple(
                 e.document_id
-                for e in events
+                for e in requests
                 if conn.execute(
                     "SELECT 1 FROM jobs WHERE document_id = ? LIMIT 1", (e.document_id,)
                 ).fetchone()
                 is None
             )
-            accepted = _queue(conn, events, now=now, clear_failed=True)
+            accepted = _queue(conn, requests, now=now, clear_failed=True)
             return dataclasses.replace(accepted, unseen=unseen)
 
         return await self.transaction(write)
@@ -560,9 +582,6 @@ class SQLiteJobStore:
 
         return await self.run(read)
 
-    async def failed_document_ids(self) -> list[str]:
-        return [failure.document_id for failure in await self.failures()]
-
     async def stats(self, *, now: float) -> StoreStats:
         def read(conn: sqlite3.Connection) -> StoreStats:
             counts = {state: 0 for state in JobState}
@@ -636,11 +655,11 @@ def _update_owned(
 
 
 def _queue(
-    conn: sqlite3.Connection, events: Sequence[DocumentEvent], *, now: float, clear_failed: bool
+    conn: sqlite3.Connection, requests: Sequence[JobRequest], *, now: float, clear_failed: bool
 ) -> Accepted:
     queued: list[str] = []
     coalesced: list[str] = []
-    for event in events:
+    for event in requests:
         if clear_failed:
             conn.execute(
                 "DELETE FROM jobs WHERE document_id = ? AND state = 'failed'", (event.document_id,)
@@ -657,14 +676,16 @@ def _queue(
         updated = conn.execute(
             "UPDATE jobs SET run_after = CASE WHEN :reset THEN :now ELSE run_after END, "
             "updated_at = :now, read_retries = 0, operation = coalesce(:op, operation), "
-            "transaction_time = CASE WHEN :tt IS NULL THEN transaction_time "
-            "  WHEN transaction_time IS NULL THEN :tt ELSE max(transaction_time, :tt) END, "
+            "not_before = CASE WHEN :tt IS NULL THEN not_before "
+            "  WHEN not_before IS NULL THEN :tt ELSE max(not_before, :tt) END, "
+            "source = CASE WHEN :reset THEN :source ELSE source END, "
             "attempts = CASE WHEN :reset THEN 0 ELSE attempts END "
             "WHERE document_id = :doc AND state = 'pending'",
             {
                 "now": now,
                 "op": event.operation,
-                "tt": event.transaction_time,
+                "tt": event.not_before,
+                "source": event.source.value,
                 "reset": clear_failed,
                 "doc": event.document_id,
             },
@@ -673,9 +694,17 @@ def _queue(
             coalesced.append(event.document_id)
             continue
         conn.execute(
-            "INSERT INTO jobs (document_id, state, run_after, operation, transaction_time, "
-            "created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?)",
-            (event.document_id, now, event.operation, event.transaction_time, now, now),
+            "INSERT INTO jobs (document_id, state, run_after, operation, not_before, source, "
+            "created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?)",
+            (
+                event.document_id,
+                now,
+                event.operation,
+                event.not_before,
+                event.source.value,
+                now,
+                now,
+            ),
         )
         queued.append(event.document_id)
     return Accepted(queued=tuple(queued), coalesced=tuple(coalesced))

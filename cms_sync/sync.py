@@ -20,7 +20,6 @@ import structlog
 
 from cms_sync import filestack, sanity
 from cms_sync.allowlist import AllowedHost
-from cms_sync.deliveries import parse_timestamp
 from cms_sync.document import Asset, parse_document
 from cms_sync.errors import (
     AmbiguousStore,
@@ -45,6 +44,7 @@ from cms_sync.retry import RetryPolicy, store_may_have_happened
 from cms_sync.sanity import SanityClient
 from cms_sync.scrub import Scrubber
 from cms_sync.settings import SyncSettings
+from cms_sync.timestamps import parse_timestamp
 
 log = structlog.get_logger(__name__)
 

@@ -283,7 +283,7 @@ class Worker:
 
     async def _run(self, job: Job) -> SyncReport:
         check_read = job.read_retries < self._options.read_retries
-        not_before = job.transaction_time if check_read else None
+        not_before = job.not_before if check_read else None
         try:
             return await self._syncer.sync(job.document_id, not_before=not_before)
         except Exception as exc:  # a bug in one job must not stop the worker: record it

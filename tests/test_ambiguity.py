@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from cms_sync.app import worker_options
-from cms_sync.deliveries import DocumentEvent
+from cms_sync.jobs import JobRequest, JobSource
 from cms_sync.settings import Settings
 from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.worker import Worker
@@ -60,7 +60,7 @@ class Rig:
     doc_ids: list[str]
 
     async def deliver(self, doc_ids: list[str]) -> None:
-        events = [DocumentEvent(d, "update") for d in doc_ids]
+        events = [JobRequest(d, "update") for d in doc_ids]
         await self.store.accept(None, events, now=self.clock())
 
     async def run_until_quiet(self, *, limit: float) -> None:
@@ -146,7 +146,7 @@ async def test_past_the_cap_the_slot_fails_with_where_to_look_and_replay_resets_
         assert stores_per_asset(r.fs) == {asset_id: 2}
 
         r.fs.lose_answer = None
-        await r.store.enqueue(["post-0"], now=r.clock())
+        await r.store.enqueue([JobRequest("post-0", source=JobSource.REPLAY)], now=r.clock())
         await r.run_until_quiet(limit=r.clock() + 3600)
         assert stores_per_asset(r.fs) == {asset_id: 3}
         assert converged(r.lake.documents, ["post-0"])
@@ -170,7 +170,7 @@ async def test_a_store_that_stored_nothing_is_not_held_against_the_asset(
     async with rig(tmp_path, make_settings(cms_sync_ambiguous_store_max=1)) as r:
         r.fs.scripted = [lambda _request: answer] * 3
         for _ in range(4):  # three refusals, each replayed at once, then the store goes through
-            await r.store.enqueue(["post-0"], now=r.clock())
+            await r.store.enqueue([JobRequest("post-0", source=JobSource.REPLAY)], now=r.clock())
             await r.run_until_quiet(limit=r.clock() + 6 * 3600)
         assert r.fs.scripted == []
         assert len(r.fs.stores) == 1 and converged(r.lake.documents, ["post-0"])

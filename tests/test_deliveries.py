@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from cms_sync.deliveries import DocumentEvent, id_problem, parse_delivery, parse_timestamp
+from cms_sync.deliveries import id_problem, parse_delivery
 from cms_sync.errors import DeliveryTooLarge, MalformedDelivery
+from cms_sync.jobs import JobRequest, JobSource
 from cms_sync.mapping import default_mapping
+from cms_sync.timestamps import parse_timestamp
 
 MAPPING = default_mapping()
 WHEN = "2026-11-20T10:00:00.500Z"
@@ -60,7 +62,7 @@ def test_both_body_shapes(
     body: object, headers: dict[str, str], events: list[tuple[str, str]], ignored: list[str]
 ) -> None:
     delivery = parse(body, **headers)
-    assert [(e.document_id, e.operation) for e in delivery.events] == events
+    assert [(e.document_id, e.operation) for e in delivery.requests] == events
     assert [doc_id for doc_id, _ in delivery.ignored] == ignored
 
 
@@ -72,7 +74,7 @@ def test_reasons_are_given_for_ignored_ids() -> None:
 def test_headers_carry_key_and_transaction_time() -> None:
     delivery = parse({"_id": "p"}, idempotency_key="msg-1", sanity_transaction_time=WHEN)
     assert delivery.idempotency_key == "msg-1"
-    assert delivery.events == (DocumentEvent("p", None, T),)
+    assert delivery.requests == (JobRequest("p", None, T, JobSource.WEBHOOK),)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +137,7 @@ def test_sanity_document_ids(doc_id: str, valid: bool) -> None:
 def test_ids_that_are_not_sanity_ids_are_ignored_with_a_short_reason() -> None:
     hostile = "x" * 900_000
     delivery = parse({"ids": {"updated": ["post-1", hostile, "bad id"]}})
-    assert [e.document_id for e in delivery.events] == ["post-1"]
+    assert [e.document_id for e in delivery.requests] == ["post-1"]
     (shown, reason), (_, other) = delivery.ignored
     assert len(shown) < 100 and shown.endswith("(900000 characters)")
     assert "longer than 128" in reason and "only letters" in other
@@ -148,7 +150,7 @@ def test_a_delivery_with_no_valid_id_is_malformed() -> None:
 
 def test_documents_per_delivery_are_capped() -> None:
     ids = [f"post-{n}" for n in range(11)]
-    assert len(parse_delivery(_raw({"ids": {"updated": ids}}), {}, MAPPING).events) == 11
+    assert len(parse_delivery(_raw({"ids": {"updated": ids}}), {}, MAPPING).requests) == 11
     with pytest.raises(DeliveryTooLarge, match="11 documents in one delivery; at most 10"):
         parse_delivery(_raw({"ids": {"updated": ids}}), {}, MAPPING, max_documents=10)
     # Repeats of one id count once.

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cms_sync.deliveries import DocumentEvent
-from cms_sync.jobs import Job, JobState, JobStore, RetrySchedule
+from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore, RetrySchedule
 from cms_sync.records import StoredAsset
 from cms_sync.sqlite import SQLiteJobStore
 
@@ -34,8 +33,12 @@ async def store(opener: Opener) -> AsyncIterator[JobStore]:
     await store.close()
 
 
-def ev(doc_id: str, tt: float | None = None, op: str | None = "update") -> DocumentEvent:
-    return DocumentEvent(doc_id, op, tt)
+def ev(doc_id: str, tt: float | None = None, op: str | None = "update") -> JobRequest:
+    return JobRequest(doc_id, op, tt)
+
+
+def replays(failures: list[FailedJob]) -> list[JobRequest]:
+    return [JobRequest(f.document_id, source=JobSource.REPLAY) for f in failures]
 
 
 async def claim(store: JobStore, now: float = 0.0, owner: str = "w1", **kw: object) -> Job | None:
@@ -50,13 +53,27 @@ async def test_accept_queues_and_a_repeated_key_writes_nothing(store: JobStore) 
     assert (await store.stats(now=1)).counts[JobState.PENDING] == 2
 
 
+async def test_a_job_keeps_who_asked_for_it(store: JobStore) -> None:
+    await store.accept("k", [ev("a"), ev("b")], now=0)
+    await store.enqueue([JobRequest("b", source=JobSource.REPLAY)], now=0)  # coalesces
+    await store.enqueue([JobRequest("c", source=JobSource.REPLAY)], now=0)
+    sources = {}
+    while (job := await claim(store, now=1)) is not None:
+        sources[job.document_id] = job.source
+    assert sources == {
+        "a": JobSource.WEBHOOK,
+        "b": JobSource.REPLAY,  # an operator's say-so made it theirs
+        "c": JobSource.REPLAY,
+    }
+
+
 async def test_deliveries_for_a_pending_document_coalesce(store: JobStore) -> None:
     await store.accept("k1", [ev("a", tt=100.0)], now=0)
     second = await store.accept("k2", [ev("a", tt=90.0)], now=1)
     third = await store.accept(None, [ev("a", tt=120.0)], now=2)
     assert second.coalesced == ("a",) and third.coalesced == ("a",)
     job = await claim(store, now=3)
-    assert job is not None and job.transaction_time == 120.0
+    assert job is not None and job.not_before == 120.0
     assert await claim(store, now=3) is None
 
 
@@ -145,7 +162,7 @@ async def test_replay_makes_a_backing_off_job_due_now(store: JobStore) -> None:
     await store.accept("k1", [ev("a")], now=0)
     job = await claim(store)
     assert job is not None and await store.retry(job, now=1, run_after=100, error="x")
-    await store.enqueue(["a"], now=2)
+    await store.enqueue([JobRequest("a", source=JobSource.REPLAY)], now=2)
     again = await claim(store, now=2)
     assert again is not None and again.attempts == 1
 
@@ -179,7 +196,7 @@ async def test_failures_replay_and_recovery(store: JobStore) -> None:
         ("a", "refused a"),
     ]
 
-    replayed = await store.enqueue(await store.failed_document_ids(), now=3)
+    replayed = await store.enqueue(replays(await store.failures()), now=3)
     assert set(replayed.queued) == {"a", "b"}
     assert await store.failures() == []
     job = await claim(store, now=4)
@@ -231,7 +248,7 @@ async def test_everything_survives_reopening(opener: Opener) -> None:
     try:
         assert (await second.accept("k", [ev("z")], now=2)).duplicate
         job = await claim(second, now=3)
-        assert job is not None and (job.document_id, job.operation, job.transaction_time) == (
+        assert job is not None and (job.document_id, job.operation, job.not_before) == (
             "a",
             "create",
             7.0,

@@ -13,7 +13,7 @@ import pytest
 
 from cms_sync.app import worker_options
 from cms_sync.cli import EXIT_FAILED, EXIT_OK, ReplayNow
-from cms_sync.jobs import Job
+from cms_sync.jobs import Job, JobRequest, JobSource
 from cms_sync.mapping import default_mapping
 from cms_sync.settings import Settings
 from cms_sync.sqlite import SQLiteJobStore
@@ -57,7 +57,7 @@ async def race(tmp_path: Path) -> AsyncIterator[tuple[Race, Job]]:
     ) as (store, syncer):
         service = Worker(store, syncer, worker_options(settings), clock=clock)
         race = Race(store, service, clock, lake, fs, settings)
-        await store.enqueue(["post-1"], now=clock())
+        await store.enqueue([JobRequest("post-1", source=JobSource.REPLAY)], now=clock())
         claimed = await service.claim_document("post-1")  # the service is first
         assert claimed is not None
         yield race, claimed

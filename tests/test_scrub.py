@@ -11,7 +11,7 @@ import pytest
 
 from cms_sync import filestack, sanity
 from cms_sync.errors import CmsSyncError, RemoteError
-from cms_sync.jobs import JobState
+from cms_sync.jobs import JobRequest, JobSource, JobState
 from cms_sync.scrub import REDACTED, Scrubber, request_secrets
 from cms_sync.sqlite import SQLiteJobStore
 from fakes import FakeContentLake
@@ -121,7 +121,7 @@ async def test_the_job_store_keeps_no_secret_even_from_a_crashing_job(tmp_path: 
                 WorkerOptions(),
                 scrub=Scrubber(settings.secret_values()),
             )
-            await store.enqueue(["post-1"], now=0)
+            await store.enqueue([JobRequest("post-1", source=JobSource.REPLAY)], now=0)
             assert await worker.drain() == 1
         stats = await store.stats(now=0)
         assert stats.counts[JobState.PENDING] == 1  # an internal error is retried

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cms_sync.deliveries import DocumentEvent, parse_timestamp
 from cms_sync.errors import (
     AuthenticationError,
     ConnectError,
@@ -23,10 +22,11 @@ from cms_sync.errors import (
     StaleRead,
     UnmappedType,
 )
-from cms_sync.jobs import Job, JobState, RetrySchedule
+from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, RetrySchedule
 from cms_sync.mapping import default_mapping
 from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import SlotFailure, SyncReport, open_syncer
+from cms_sync.timestamps import parse_timestamp
 from cms_sync.worker import Verdict, Worker, WorkerOptions, judge
 from fakes import FakeContentLake, FakeFilestack
 from wiring import Clock, make_settings, no_wait_policy
@@ -34,6 +34,10 @@ from wiring import Clock, make_settings, no_wait_policy
 pytestmark = pytest.mark.anyio
 
 START = 1_800_000_000.0
+
+
+def replays(failures: list[FailedJob]) -> list[JobRequest]:
+    return [JobRequest(f.document_id, source=JobSource.REPLAY) for f in failures]
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Rig:
         self, *doc_ids: str, operation: str | None = "update", tt: float | None = None
     ) -> None:
         await self.store.accept(
-            None, [DocumentEvent(d, operation, tt) for d in doc_ids], now=self.clock()
+            None, [JobRequest(d, operation, tt) for d in doc_ids], now=self.clock()
         )
 
     async def job(self, doc_id: str) -> dict[str, Any]:
@@ -204,7 +208,7 @@ async def test_permanent_refusal_fails_at_once_and_replay_recovers(tmp_path: Pat
         assert "HTTP 400 Bad Request: Invalid URL" in failure.last_error
 
         r.fs.refuse.clear()  # the cause is fixed
-        await r.store.enqueue(await r.store.failed_document_ids(), now=r.clock())
+        await r.store.enqueue(replays(await r.store.failures()), now=r.clock())
         await r.worker.drain()
         assert await r.store.failures() == []
         assert r.lake.slot_value("post-1", "mainImage")["filestackHandle"]

@@ -93,11 +93,11 @@ async def _handle(request: Request, service: Service, key: str | None) -> JSONRe
         log.warning("delivery_rejected", reason=str(exc))
         return _error(413, str(exc))
     ignored = [{"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored]
-    if not delivery.events:
+    if not delivery.requests:
         log.info("delivery_ignored", ignored=ignored)
         return JSONResponse({"status": "ignored", "ignored": ignored})
     try:
-        accepted = await service.store.accept(key, delivery.events, now=service.clock())
+        accepted = await service.store.accept(key, delivery.requests, now=service.clock())
     except StoreUnavailable as exc:
         log.error("delivery_not_stored", error=str(exc))
         return _error(503, "job store unavailable; retry later")
