@@ -1,8 +1,8 @@
 """The webhook service: ``create_app(settings)`` builds the Starlette app.
 
-The lifespan owns every resource: the job store (unless one is handed in), the HTTP
-clients, the Syncer and the worker, which runs in the same process and is stopped
-gracefully on shutdown (uvicorn turns SIGTERM into that shutdown).
+The lifespan owns every resource: the storage (unless it is handed in, opened in the
+same event loop), the HTTP clients, the Syncer and the worker, which runs in the same
+process and is stopped gracefully on shutdown (uvicorn turns SIGTERM into that shutdown).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 import structlog
@@ -20,14 +20,14 @@ from starlette.routing import Route
 from cms_sync.errors import ConfigError
 from cms_sync.handlers.health import healthz, readyz
 from cms_sync.handlers.webhooks import sanity_webhook
-from cms_sync.jobs import JobStore, RetrySchedule
+from cms_sync.jobs import RetrySchedule
 from cms_sync.mapping import MediaMapping
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
 from cms_sync.serving import AcceptErrorLog
 from cms_sync.settings import JobSettings, Settings
-from cms_sync.sqlite import SQLiteJobStore
+from cms_sync.storage import Storage, open_storage
 from cms_sync.sync import open_syncer
 from cms_sync.worker import Worker, WorkerOptions
 
@@ -67,7 +67,7 @@ def create_app(
     settings: Settings,
     *,
     mapping: MediaMapping,
-    store: JobStore | None = None,
+    storage: Storage | None = None,
     verify_signatures: bool = True,
     start_worker: bool = True,
     clock: Callable[[], float] = time.time,
@@ -86,14 +86,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         AcceptErrorLog().install(asyncio.get_running_loop())
-        job_store = store or await SQLiteJobStore.open(
-            settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
-        )
-        try:
+        async with AsyncExitStack() as stack:
+            opened = storage
+            if opened is None:
+                opened = await stack.enter_async_context(
+                    open_storage(
+                        settings.cms_sync_database,
+                        ingest_timeout=settings.cms_sync_ingest_timeout,
+                    )
+                )
+            job_store = opened.jobs
             async with open_syncer(
                 settings,
                 mapping,
-                job_store.records,
+                opened.records,
                 retry=retry,
                 sanity_transport=sanity_transport,
                 filestack_transport=filestack_transport,
@@ -129,9 +135,6 @@ def create_app(
                     yield
                 finally:
                     await worker.stop()
-        finally:
-            if store is None:
-                await job_store.close()
 
     routes = [
         Route("/webhooks/sanity", sanity_webhook, methods=["POST"]),

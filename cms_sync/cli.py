@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,7 @@ from cms_sync.settings import (
     SyncCommandSettings,
     load_settings,
 )
-from cms_sync.sqlite import SQLiteJobStore
+from cms_sync.storage import Storage, open_storage
 from cms_sync.sync import SyncReport, open_syncer
 from cms_sync.worker import Worker
 
@@ -133,26 +134,25 @@ async def run_sync(
 ) -> int:
     failed = 0
     scrub = Scrubber(settings.secret_values())
-    store = await SQLiteJobStore.open(
-        settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
-    )
-    try:
-        async with open_syncer(settings, mapping, store.records) as syncer:
-            for document_id in dict.fromkeys(document_ids):
-                problem = _usable_id(document_id)
-                if problem is not None:
-                    print(f"{shown_id(document_id)}: error: {problem}", file=out, flush=True)
-                    failed += 1
-                    continue
-                report = await syncer.sync(document_id, dry_run=dry_run)
-                show_plan = dry_run and report.error is None
-                lines = format_plan(report) if show_plan else [format_report(report)]
-                print(scrub("\n".join(lines)), file=out, flush=True)
-                blocked = report.plan is not None and report.plan.count(Action.BLOCKED) > 0
-                if not report.ok or (dry_run and blocked):
-                    failed += 1
-    finally:
-        await store.close()
+    async with (
+        open_storage(
+            settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
+        ) as storage,
+        open_syncer(settings, mapping, storage.records) as syncer,
+    ):
+        for document_id in dict.fromkeys(document_ids):
+            problem = _usable_id(document_id)
+            if problem is not None:
+                print(f"{shown_id(document_id)}: error: {problem}", file=out, flush=True)
+                failed += 1
+                continue
+            report = await syncer.sync(document_id, dry_run=dry_run)
+            show_plan = dry_run and report.error is None
+            lines = format_plan(report) if show_plan else [format_report(report)]
+            print(scrub("\n".join(lines)), file=out, flush=True)
+            blocked = report.plan is not None and report.plan.count(Action.BLOCKED) > 0
+            if not report.ok or (dry_run and blocked):
+                failed += 1
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
@@ -165,8 +165,8 @@ async def run_replay(
     now: ReplayNow | None = None,
 ) -> int:
     """Queue documents again; with ``now``, also run them here and report like ``sync``."""
-    store = await SQLiteJobStore.open(settings.cms_sync_database, create=False)
-    try:
+    async with open_storage(settings.cms_sync_database, create=False) as storage:
+        store = storage.jobs
         ids = list(document_ids)
         if all_failed:
             ids += [failure.document_id for failure in await store.failures()]
@@ -191,9 +191,7 @@ async def run_replay(
         if now is None:
             print(f"queued {len(ids)}: {', '.join(ids)}", file=out)
             return refused
-        return max(refused, await now.run(store, ids, out=out))
-    finally:
-        await store.close()
+        return max(refused, await now.run(storage, ids, out=out))
 
 
 @dataclass
@@ -212,10 +210,11 @@ class ReplayNow:
     poll: float = 0.2
     wait: float | None = None  # default: the job lease
 
-    async def run(self, store: JobStore, document_ids: Sequence[str], *, out: TextIO) -> int:
+    async def run(self, storage: Storage, document_ids: Sequence[str], *, out: TextIO) -> int:
         failed = 0
         scrub = Scrubber(self.settings.secret_values())
-        async with open_syncer(self.settings, self.mapping, store.records) as syncer:
+        store = storage.jobs
+        async with open_syncer(self.settings, self.mapping, storage.records) as syncer:
             worker = Worker(
                 store, syncer, worker_options(self.settings), clock=self.clock, scrub=scrub
             )
@@ -271,11 +270,8 @@ def _iso(timestamp: float) -> str:
 
 async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
     scrub = Scrubber(settings.secret_values())  # rows older than the scrubbing, too
-    store = await SQLiteJobStore.open(settings.cms_sync_database, create=False)
-    try:
-        failures = await store.failures()
-    finally:
-        await store.close()
+    async with open_storage(settings.cms_sync_database, create=False) as storage:
+        failures = await storage.jobs.failures()
     if as_json:
         rows = [
             {
@@ -300,11 +296,8 @@ async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO
 
 
 async def run_status(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
-    store = await SQLiteJobStore.open(settings.cms_sync_database, create=False)
-    try:
-        stats = await store.stats(now=time.time())
-    finally:
-        await store.close()
+    async with open_storage(settings.cms_sync_database, create=False) as storage:
+        stats = await storage.jobs.stats(now=time.time())
     data: dict[str, Any] = {
         "jobs": {state.value: stats.counts[state] for state in JobState},
         "oldest_pending_age_seconds": stats.oldest_pending_age,
@@ -351,37 +344,46 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     mapping = load_mapping(settings.cms_sync_config)
     verify = not args.insecure_skip_signature
     check_settings(settings, verify_signatures=verify)
-    # Opened before uvicorn starts, so a bad CMS_SYNC_DATABASE is one line, not a traceback.
-    # The store is not bound to an event loop: its work runs on a thread of its own.
-    store = asyncio.run(
-        SQLiteJobStore.open(
+
+    async def serve() -> bool:
+        # The storage is opened in the loop that serves (a connection pool is bound to
+        # its loop), and before uvicorn starts, so a bad CMS_SYNC_DATABASE is one line.
+        async with open_storage(
             settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
-        )
-    )
-    open_files, hard = raise_open_files_limit()
-    max_connections = connection_cap(open_files, settings.cms_sync_max_connections)
-    log.info("open_files_limit", soft=open_files, hard=hard, max_connections=max_connections)
-    try:
-        app = create_app(settings, mapping=mapping, store=store, verify_signatures=verify)
-        config = uvicorn.Config(
-            app,
-            host=args.host or settings.cms_sync_host,
-            port=settings.cms_sync_port if args.port is None else args.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            loop="asyncio",  # AcceptErrorLog knows asyncio's accept errors, not uvloop's
-            timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
-            http=read_deadline_protocol(
-                settings.cms_sync_read_timeout, settings.cms_sync_http_parser
-            ),
-            limit_concurrency=max_connections,
-        )
-        server = uvicorn.Server(config)
-        server.run()
-    finally:
-        asyncio.run(store.close())
-    return EXIT_OK if server.started else EXIT_FAILED
+        ) as storage:
+            open_files, hard = raise_open_files_limit()
+            max_connections = connection_cap(open_files, settings.cms_sync_max_connections)
+            log.info(
+                "open_files_limit", soft=open_files, hard=hard, max_connections=max_connections
+            )
+            app = create_app(settings, mapping=mapping, storage=storage, verify_signatures=verify)
+            config = uvicorn.Config(
+                app,
+                host=args.host or settings.cms_sync_host,
+                port=settings.cms_sync_port if args.port is None else args.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                loop="asyncio",  # AcceptErrorLog knows asyncio's accept errors, not uvloop's
+                timeout_graceful_shutdown=int(settings.cms_sync_shutdown_grace) + 5,
+                http=read_deadline_protocol(
+                    settings.cms_sync_read_timeout, settings.cms_sync_http_parser
+                ),
+                limit_concurrency=max_connections,
+            )
+            server = uvicorn.Server(config)
+            await server.serve()
+            return server.started
+
+    # uvicorn re-raises the SIGTERM or SIGINT it shut down on, once it has; with these
+    # handlers in place that lets the storage close before the process exits.
+    stopped_by: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
+    started = asyncio.run(serve())
+    if stopped_by:
+        log.info("stopped", signal=signal.Signals(stopped_by[0]).name)
+    return EXIT_OK if started else EXIT_FAILED
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

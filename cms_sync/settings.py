@@ -10,6 +10,7 @@ cannot reach the Filestack key.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, overload
@@ -81,7 +82,14 @@ class LogSettings(_Section):
 class StoreSettings(_Section):
     """Where jobs and stored-asset records live: all the operator commands need."""
 
-    cms_sync_database: Path = Path("cms-sync.db")
+    #: A path (SQLite) or a ``postgresql://`` URL (PostgreSQL).
+    cms_sync_database: str = "cms-sync.db"
+
+    @field_validator("cms_sync_database", mode="before")
+    @classmethod
+    def _path_is_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     #: Seconds a delivery may wait to be written (for the lock, say) before it gets 503.
     cms_sync_ingest_timeout: float = Field(default=2.0, gt=0, le=30)
 

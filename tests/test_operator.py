@@ -17,6 +17,7 @@ from cms_sync.jobs import Job, JobRequest, JobSource
 from cms_sync.mapping import default_mapping
 from cms_sync.settings import Settings
 from cms_sync.sqlite import SQLiteJobStore
+from cms_sync.storage import Storage
 from cms_sync.worker import Worker
 from fakes import FakeContentLake, FakeFilestack
 from wiring import Clock, make_settings, store_and_syncer
@@ -34,6 +35,10 @@ class Race:
     lake: FakeContentLake
     fs: FakeFilestack
     settings: Settings
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.store, self.store.records)
 
     def replay_now(self, sleep: Callable[[float], Awaitable[None]]) -> ReplayNow:
         return ReplayNow(self.settings, default_mapping(), clock=self.clock, sleep=sleep)
@@ -74,7 +79,9 @@ async def test_when_the_service_claims_first_replay_now_reports_its_outcome(
             await r.service.execute(claimed)
 
         out = io.StringIO()
-        code = await r.replay_now(service_finishes).run(r.store, ["post-1"], out=out)
+        code = await r.replay_now(service_finishes).run(
+            Storage(r.store, r.store.records), ["post-1"], out=out
+        )
     assert (code, out.getvalue()) == (
         EXIT_OK,
         "post-1: synced by the running service, which claimed it first\n",
@@ -91,7 +98,9 @@ async def test_a_failure_in_the_service_is_reported_as_a_failure(tmp_path: Path)
             await r.service.execute(claimed)  # refused for good: failed at once
 
         out = io.StringIO()
-        code = await r.replay_now(service_fails).run(r.store, ["post-1"], out=out)
+        code = await r.replay_now(service_fails).run(
+            Storage(r.store, r.store.records), ["post-1"], out=out
+        )
     (line,) = out.getvalue().splitlines()
     assert code == EXIT_FAILED
     assert line.startswith("post-1: error: failed in the running service: ")
@@ -108,7 +117,9 @@ async def test_a_service_that_is_still_running_it_is_waited_for_then_named(
             assert await r.store.renew(claimed, until=r.clock() + 30)
 
         out = io.StringIO()
-        code = await r.replay_now(time_passes).run(r.store, ["post-1"], out=out)
+        code = await r.replay_now(time_passes).run(
+            Storage(r.store, r.store.records), ["post-1"], out=out
+        )
     assert code == EXIT_FAILED
     assert out.getvalue() == (
         "post-1: error: the running service is still running it after 30 s "

@@ -16,6 +16,7 @@ from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.jobs import Accepted, JobState
 from cms_sync.mapping import default_mapping
 from cms_sync.sqlite import SQLiteJobStore
+from cms_sync.storage import Storage
 from servers import RunningApp, run_app
 from wiring import make_settings
 
@@ -56,14 +57,14 @@ def post(client: Client, payload: Any, *, key: str | None = "k1", **headers: str
 
 @contextmanager
 def serve(
-    tmp_path: Path, *, store: SQLiteJobStore | None = None, verify: bool = True, **settings: Any
+    tmp_path: Path, *, storage: Storage | None = None, verify: bool = True, **settings: Any
 ) -> Iterator[Client]:
     app = create_app(
         make_settings(
             sanity_webhook_secret=SECRET, cms_sync_database=tmp_path / "t.db", **settings
         ),
         mapping=default_mapping(),
-        store=store,
+        storage=storage,
         verify_signatures=verify,
         start_worker=False,
         clock=lambda: NOW,
@@ -208,7 +209,7 @@ def test_store_failure_is_503_so_sanity_retries(tmp_path: Path) -> None:
     import asyncio
 
     store = asyncio.run(open_broken())
-    with serve(tmp_path, store=store) as client:
+    with serve(tmp_path, storage=Storage(store, store.records)) as client:
         assert post(client, {"_id": "post-1"}).status_code == 503
         client.running.call(store.close)
 

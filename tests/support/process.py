@@ -115,11 +115,8 @@ class ServeProcess:
         self.proc.wait(timeout=30)
 
     def terminate(self) -> None:
-        """SIGTERM, and check the shutdown was graceful.
-
-        uvicorn re-raises the signal once its shutdown is done, so the process ends by
-        SIGTERM (as service managers expect) after the lifespan has closed cleanly.
-        """
+        """SIGTERM, and check the shutdown was graceful: the lifespan closed, then the
+        storage, and the process exited 0."""
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
         self._reader.join(timeout=10)
@@ -127,9 +124,10 @@ class ServeProcess:
             event = self._lines.get_nowait()
             if event is not None:
                 self.events.append(event)
-        assert code in (0, -signal.SIGTERM), code
+        assert code == 0, code
         said = [str(e.get("event")) for e in self.events]
         assert "Application shutdown complete." in said, said[-5:]
+        assert said[-1] == "stopped", said[-5:]  # logged after the storage closed
 
     def close(self) -> None:
         if self.proc.poll() is None:
