@@ -98,10 +98,12 @@ class _ReadDeadline:
             self._transport.abort()
 
 
-class H11ReadDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol (pure Python), with a read deadline."""
+class _WithReadDeadline(asyncio.Protocol):
+    """Arms the deadline as a connection opens and disarms it as it closes; the protocol
+    class it is mixed into says when the client owes a request (``_owes``)."""
 
     read_timeout: float = 5.0
+    loop: asyncio.AbstractEventLoop
     _deadline: _ReadDeadline
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -112,6 +114,13 @@ class H11ReadDeadlineProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.disarm()
         super().connection_lost(exc)
+
+    def _owes(self) -> bool:
+        raise NotImplementedError
+
+
+class H11ReadDeadlineProtocol(_WithReadDeadline, H11Protocol):
+    """uvicorn's h11 protocol (pure Python), with a read deadline."""
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -126,7 +135,7 @@ class H11ReadDeadlineProtocol(H11Protocol):
         return self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
 
 
-class HttpToolsReadDeadlineProtocol(HttpToolsProtocol):
+class HttpToolsReadDeadlineProtocol(_WithReadDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol (the C parser of Node.js), with a read deadline.
 
     httptools may parse a pipelined request while the previous one is answered, and
@@ -135,19 +144,8 @@ class HttpToolsReadDeadlineProtocol(HttpToolsProtocol):
     whenever every request it completed has been answered.
     """
 
-    read_timeout: float = 5.0
-    _deadline: _ReadDeadline
     _received: int = 0
     _answered: int = 0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline = _ReadDeadline(self.loop, transport, self.read_timeout, self._owes)
-        self._deadline.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._deadline.disarm()
-        super().connection_lost(exc)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
