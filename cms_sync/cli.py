@@ -12,25 +12,25 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TextIO, TypeVar
 
 import structlog
 
-from cms_sync import __version__
+from cms_sync import __version__, operations
 from cms_sync.app import check_settings, create_app, worker_options
-from cms_sync.deliveries import id_problem, shown_id
+from cms_sync.deliveries import shown_id
 from cms_sync.errors import (
     AuthenticationError,
     CmsSyncError,
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import Job, JobRequest, JobSource, JobState, JobStore
+from cms_sync.jobs import JobState
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
+from cms_sync.operations import ReplayNow, ReplayRun, iso, usable_id
 from cms_sync.planner import Action
 from cms_sync.scrub import Scrubber
 from cms_sync.serving import connection_cap, raise_open_files_limit, read_deadline_protocol
@@ -43,7 +43,6 @@ from cms_sync.settings import (
 )
 from cms_sync.storage import Storage, open_storage
 from cms_sync.sync import SyncReport, open_syncer
-from cms_sync.worker import Worker
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -114,16 +113,6 @@ def format_plan(report: SyncReport) -> list[str]:
     return lines
 
 
-def _usable_id(document_id: str) -> str | None:
-    """Why a document id cannot be synced, or None."""
-    problem = id_problem(document_id)
-    if problem is not None:
-        return problem
-    if document_id.startswith(("drafts.", "versions.")):
-        return "only published documents are synced (drafts and versions are not)"
-    return None
-
-
 async def run_sync(
     settings: SyncCommandSettings,
     mapping: MediaMapping,
@@ -141,7 +130,7 @@ async def run_sync(
         open_syncer(settings, mapping, storage.records) as syncer,
     ):
         for document_id in dict.fromkeys(document_ids):
-            problem = _usable_id(document_id)
+            problem = usable_id(document_id)
             if problem is not None:
                 print(f"{shown_id(document_id)}: error: {problem}", file=out, flush=True)
                 failed += 1
@@ -162,159 +151,123 @@ async def run_replay(
     *,
     all_failed: bool,
     out: TextIO,
-    now: ReplayNow | None = None,
+    here: ReplayHere | None = None,
 ) -> int:
-    """Queue documents again; with ``now``, also run them here and report like ``sync``."""
+    """Queue documents again; with ``here``, also run them here and report like ``sync``."""
     async with open_storage(settings.cms_sync_database, create=False) as storage:
-        store = storage.jobs
-        ids = list(document_ids)
-        if all_failed:
-            ids += [failure.document_id for failure in await store.failures()]
-        ids = list(dict.fromkeys(ids))
-        if not ids:
-            print("no failed documents to replay", file=out)
-            return EXIT_OK
-        unusable = {doc_id: _usable_id(doc_id) for doc_id in ids}
-        for doc_id, problem in unusable.items():
-            if problem is not None:
-                print(f"{shown_id(doc_id)}: error: {problem}", file=out)
-        ids = [doc_id for doc_id, problem in unusable.items() if problem is None]
-        replays = [JobRequest(doc_id, source=JobSource.REPLAY) for doc_id in ids]
-        accepted = await store.enqueue(replays, now=time.time())
-        for doc_id in accepted.unseen:
+        replayed = await operations.replay(
+            storage, document_ids, all_failed=all_failed, now=time.time()
+        )
+        for doc_id, problem in replayed.refused.items():
+            print(f"{shown_id(doc_id)}: error: {problem}", file=out)
+        if not replayed.queued:
+            if not replayed.refused:
+                print("no failed documents to replay", file=out)
+            return EXIT_OK if replayed.ok else EXIT_FAILED
+        for doc_id in replayed.unseen:
             print(
                 f"{doc_id}: never seen by this store (no job in {settings.cms_sync_database}); "
                 "queued anyway",
                 file=out,
             )
-        refused = EXIT_FAILED if len(ids) < len(unusable) else EXIT_OK
-        if now is None:
-            print(f"queued {len(ids)}: {', '.join(ids)}", file=out)
+        refused = EXIT_OK if replayed.ok else EXIT_FAILED
+        if here is None:
+            print(f"queued {len(replayed.queued)}: {', '.join(replayed.queued)}", file=out)
             return refused
-        return max(refused, await now.run(storage, ids, out=out))
+        return max(refused, await here.run(storage, replayed.queued, out=out))
 
 
-@dataclass
-class ReplayNow:
-    """``replay --now``: run the queued jobs here, unless the running service gets one first.
-
-    The service and this command race for each job through the store; whoever claims it
-    runs it. When the service wins, this waits (at most ``wait`` seconds) for the
-    service's outcome and reports that, so the line printed is always what happened.
-    """
+@dataclass(frozen=True)
+class ReplayHere:
+    """``replay --now``: what it needs beyond the database, to sync in this process."""
 
     settings: Settings
     mapping: MediaMapping
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    poll: float = 0.2
-    wait: float | None = None  # default: the job lease
 
     async def run(self, storage: Storage, document_ids: Sequence[str], *, out: TextIO) -> int:
-        failed = 0
+        """One line per document, as ``sync`` prints them."""
         scrub = Scrubber(self.settings.secret_values())
-        store = storage.jobs
+        runner = ReplayNow(worker_options(self.settings), scrub=scrub)
+        failed = 0
         async with open_syncer(self.settings, self.mapping, storage.records) as syncer:
-            worker = Worker(
-                store, syncer, worker_options(self.settings), clock=self.clock, scrub=scrub
-            )
-            for document_id in document_ids:
-                line, ok = await self._one(store, worker, document_id)
-                print(scrub(line), file=out, flush=True)
-                failed += 0 if ok else 1
+            async for run in runner.run(storage, syncer, document_ids):
+                print(scrub(format_replay_run(run)), file=out, flush=True)
+                failed += 0 if run.ok else 1
         return EXIT_OK if failed == 0 else EXIT_FAILED
 
-    async def _one(self, store: JobStore, worker: Worker, document_id: str) -> tuple[str, bool]:
-        started = self.clock()
-        wait = self.settings.cms_sync_job_lease if self.wait is None else self.wait
-        while True:
-            job = await worker.claim_document(document_id)
-            if job is not None:
-                report = await worker.execute(job)
-                if report is None:
-                    return f"{document_id}: error: interrupted before it ran", False
-                return format_report(report), report.ok
-            latest = await store.latest_job(document_id)
-            if latest is None:  # pruned meanwhile: nothing left to say but that
-                return f"{document_id}: the running service ran it", True
-            settled = self._settled(latest)
-            if settled is not None:
-                return settled
-            if self.clock() - started >= wait:
-                return (
-                    f"{document_id}: error: the running service is still running it after "
-                    f"{wait:.0f} s (cms-sync status shows when it ends)",
-                    False,
-                )
-            await self.sleep(self.poll)
 
-    def _settled(self, job: Job) -> tuple[str, bool] | None:
-        """The service's outcome of the replayed job, once it has one."""
-        doc = job.document_id
-        if job.state is JobState.DONE:
-            return f"{doc}: synced by the running service, which claimed it first", True
-        if job.state is JobState.FAILED:
-            return f"{doc}: error: failed in the running service: {job.last_error}", False
-        if job.state is JobState.PENDING and job.run_after > self.clock() and job.attempts > 0:
-            when = _iso(job.run_after)
-            return (
-                f"{doc}: error: the running service ran it and retries at {when}: {job.last_error}",
-                False,
-            )
-        return None
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+def format_replay_run(run: ReplayRun) -> str:
+    if run.report is not None:
+        return format_report(run.report)
+    error = "" if run.ok else "error: "
+    return f"{run.document_id}: {error}{run.message}"
 
 
 async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
-    scrub = Scrubber(settings.secret_values())  # rows older than the scrubbing, too
+    scrub = Scrubber(settings.secret_values())
     async with open_storage(settings.cms_sync_database, create=False) as storage:
-        failures = await storage.jobs.failures()
+        failed = await operations.failures(storage, scrub=scrub)
     if as_json:
         rows = [
             {
                 "document_id": f.document_id,
                 "attempts": f.attempts,
-                "last_error": scrub(f.last_error),
-                "failed_at": _iso(f.failed_at),
+                "last_error": f.last_error,
+                "failed_at": iso(f.failed_at),
             }
-            for f in failures
+            for f in failed
         ]
         print(json.dumps(rows, indent=2), file=out)
-    elif not failures:
+    elif not failed:
         print("no failed documents", file=out)
     else:
-        for f in failures:
+        for f in failed:
             print(
-                f"{f.document_id}\t{f.attempts} attempts\t{_iso(f.failed_at)}\t"
-                + scrub(f.last_error),
+                f"{f.document_id}\t{f.attempts} attempts\t{iso(f.failed_at)}\t{f.last_error}",
                 file=out,
             )
     return EXIT_OK
 
 
 async def run_status(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
+    now = time.time()
     async with open_storage(settings.cms_sync_database, create=False) as storage:
-        stats = await storage.jobs.stats(now=time.time())
-    data: dict[str, Any] = {
-        "jobs": {state.value: stats.counts[state] for state in JobState},
-        "oldest_pending_age_seconds": stats.oldest_pending_age,
-        "stored_assets": stats.stored_assets,
-        "unanswered_stores": stats.unanswered_stores,
-    }
+        state = await operations.status(storage, now=now)
     if as_json:
+        data: dict[str, Any] = {
+            "jobs": {s.value: state.jobs[s] for s in JobState},
+            "oldest_pending_age_seconds": state.oldest_pending_age,
+            "stored_assets": state.stored_assets,
+            "unanswered_stores": state.unanswered_stores,
+            "running": {
+                owner: [
+                    {
+                        "document_id": job.document_id,
+                        "attempts": job.attempts,
+                        "started_at": iso(job.started_at),
+                        "lease_until": iso(job.lease_until),
+                    }
+                    for job in jobs
+                ]
+                for owner, jobs in state.by_owner().items()
+            },
+        }
         print(json.dumps(data, indent=2), file=out)
-    else:
-        jobs = ", ".join(f"{state} {count}" for state, count in data["jobs"].items())
-        age = stats.oldest_pending_age
-        oldest = "-" if age is None else f"{age:.0f} s"
-        print(
-            f"jobs: {jobs}; oldest pending: {oldest}; stored assets: {stats.stored_assets}; "
-            f"unanswered stores: {stats.unanswered_stores}",
-            file=out,
+        return EXIT_OK
+    jobs = ", ".join(f"{s} {state.jobs[s]}" for s in JobState)
+    age = state.oldest_pending_age
+    oldest = "-" if age is None else f"{age:.0f} s"
+    print(
+        f"jobs: {jobs}; oldest pending: {oldest}; stored assets: {state.stored_assets}; "
+        f"unanswered stores: {state.unanswered_stores}",
+        file=out,
+    )
+    for owner, running in state.by_owner().items():
+        docs = ", ".join(
+            f"{job.document_id} ({now - job.started_at:.0f} s, attempt {job.attempts})"
+            for job in running
         )
+        print(f"running on {owner}: {docs}", file=out)
     return EXIT_OK
 
 
@@ -390,14 +343,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.document_ids and not args.all_failed:
         raise ConfigError("replay needs DOC_ID... or --all-failed")
     settings: OperatorSettings | Settings
-    now = None
+    here = None
     if args.now:  # syncs here: needs the credentials and the mapping
-        settings = _prepare(Settings)
-        now = ReplayNow(settings, load_mapping(settings.cms_sync_config))
+        full = _prepare(Settings)
+        settings, here = full, ReplayHere(full, load_mapping(full.cms_sync_config))
     else:
         settings = _prepare(OperatorSettings)
     return asyncio.run(
-        run_replay(settings, args.document_ids, all_failed=args.all_failed, now=now, out=sys.stdout)
+        run_replay(
+            settings,
+            args.document_ids,
+            all_failed=args.all_failed,
+            here=here,
+            out=sys.stdout,
+        )
     )
 
 

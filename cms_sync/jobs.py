@@ -92,12 +92,22 @@ class FailedJob:
 
 
 @dataclass(frozen=True)
+class RunningJob:
+    document_id: str
+    owner: str  # the worker holding the lease: which replica runs it
+    attempts: int
+    started_at: float
+    lease_until: float
+
+
+@dataclass(frozen=True)
 class StoreStats:
     counts: dict[JobState, int]
     oldest_pending_age: float | None
     stored_assets: int
     #: Assets whose last store went unanswered (or is in flight) and that have no record.
     unanswered_stores: int = 0
+    running: tuple[RunningJob, ...] = ()  # oldest first
 
 
 @dataclass(frozen=True)

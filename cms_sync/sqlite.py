@@ -25,7 +25,16 @@ import structlog
 
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.groupcommit import GroupCommit
-from cms_sync.jobs import Accepted, FailedJob, Job, JobRequest, JobSource, JobState, StoreStats
+from cms_sync.jobs import (
+    Accepted,
+    FailedJob,
+    Job,
+    JobRequest,
+    JobSource,
+    JobState,
+    RunningJob,
+    StoreStats,
+)
 from cms_sync.records import StoredAsset, StoreGate
 
 log = structlog.get_logger(__name__)
@@ -595,11 +604,16 @@ class SQLiteJobStore:
                 "SELECT count(*) FROM store_attempts WHERE attempts > 0 "
                 "AND asset_id NOT IN (SELECT asset_id FROM assets)"
             ).fetchone()[0]
+            running = conn.execute(
+                "SELECT document_id, lease_owner, attempts, updated_at, lease_until FROM jobs "
+                "WHERE state = 'running' ORDER BY updated_at, id"
+            ).fetchall()
             return StoreStats(
                 counts=counts,
                 oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
                 stored_assets=assets,
                 unanswered_stores=unanswered,
+                running=tuple(RunningJob(*row) for row in running),
             )
 
         return await self.run(read)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -140,7 +142,8 @@ class Worker:
         self._syncer = syncer
         self._options = options or WorkerOptions()
         self._clock = clock
-        self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
+        #: Names the replica in ``status``: host (a pod's name), process, and a nonce.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
