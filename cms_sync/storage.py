@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cms_sync.errors import ConfigError
 from cms_sync.jobs import JobStore
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import AssetRecords
-from cms_sync.sqlite import SQLiteJobStore
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

@@ -21,8 +21,8 @@ import pytest
 
 from cms_sync.app import worker_options
 from cms_sync.jobs import JobRequest, JobSource
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.settings import Settings
-from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.worker import Worker
 from fakes import FakeContentLake, FakeFilestack
 from scenarios import catalogue, converged

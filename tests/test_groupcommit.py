@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cms_sync.errors import StoreUnavailable
-from cms_sync.groupcommit import GroupCommit
+from cms_sync.jobstore.groupcommit import GroupCommit
 
 pytestmark = pytest.mark.anyio
 

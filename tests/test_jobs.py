@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore, RetrySchedule
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import StoredAsset
-from cms_sync.sqlite import SQLiteJobStore
 
 pytestmark = pytest.mark.anyio
 

@@ -13,9 +13,9 @@ import pytest
 from cms_sync.app import worker_options
 from cms_sync.cli import format_replay_run
 from cms_sync.jobs import Job, JobRequest, JobSource
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.operations import ReplayNow
 from cms_sync.settings import Settings
-from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.storage import Storage
 from cms_sync.sync import Syncer
 from cms_sync.worker import Worker

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import AssetRecords, MemoryAssetRecords, StoredAsset
-from cms_sync.sqlite import SQLiteJobStore
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import pytest
 from cms_sync import filestack, sanity
 from cms_sync.errors import CmsSyncError, RemoteError
 from cms_sync.jobs import JobRequest, JobSource, JobState
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.scrub import REDACTED, Scrubber, request_secrets
-from cms_sync.sqlite import SQLiteJobStore
 from fakes import FakeContentLake
 from wiring import make_settings, no_wait_policy
 

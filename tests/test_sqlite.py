@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cms_sync.jobs import JobSource
-from cms_sync.sqlite import SCHEMA_VERSION, SQLiteJobStore
+from cms_sync.jobstore.sqlite import SCHEMA_VERSION, SQLiteJobStore
 
 pytestmark = pytest.mark.anyio
 

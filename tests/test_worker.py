@@ -23,8 +23,8 @@ from cms_sync.errors import (
     UnmappedType,
 )
 from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, RetrySchedule
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
-from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import SlotFailure, SyncReport, open_syncer
 from cms_sync.timestamps import parse_timestamp
 from cms_sync.worker import Verdict, Worker, WorkerOptions, judge

@@ -14,8 +14,8 @@ from cms_sync import signature
 from cms_sync.app import create_app
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.jobs import Accepted, JobState
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
-from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.storage import Storage
 from servers import RunningApp, run_app
 from wiring import make_settings

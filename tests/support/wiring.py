@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
+from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
 from cms_sync.records import AssetRecords, MemoryAssetRecords
 from cms_sync.retry import RetryPolicy
 from cms_sync.settings import Settings
-from cms_sync.sqlite import SQLiteJobStore
 from cms_sync.sync import Syncer, open_syncer
 from fakes import FakeContentLake, FakeFilestack
 

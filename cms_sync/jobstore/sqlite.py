@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 import structlog
 
 from cms_sync.errors import ConfigError, StoreUnavailable
-from cms_sync.groupcommit import GroupCommit
 from cms_sync.jobs import (
     Accepted,
     FailedJob,
@@ -35,6 +34,7 @@ from cms_sync.jobs import (
     RunningJob,
     StoreStats,
 )
+from cms_sync.jobstore.groupcommit import GroupCommit
 from cms_sync.records import StoredAsset, StoreGate
 
 log = structlog.get_logger(__name__)
@@ -291,7 +291,7 @@ class SQLiteJobStore:
     """:class:`~cms_sync.jobs.JobStore` on one SQLite file.
 
     Two connections under WAL: deliveries are written through a group commit on a
-    connection and thread of their own (:mod:`cms_sync.groupcommit`), so an
+    connection and thread of their own (:mod:`cms_sync.jobstore.groupcommit`), so an
     acknowledgement never queues behind the worker's reads and writes on the other. Both
     take one in-process write lock around their transactions; SQLite's lock (and
     ``busy_timeout``) serialises writers in other processes.

@@ -1,0 +1,2 @@
+"""The job stores, one module per backend: ``sqlite`` (embedded, one process) and
+``postgres`` (shared by replicas). :func:`cms_sync.storage.open_storage` picks one."""
