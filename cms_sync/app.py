@@ -130,6 +130,7 @@ def create_app(
                         "reach this port can queue syncs. Never run this way in production.",
                     )
                 if start_worker:
+                    job_store.add_waker(worker.wake)  # other replicas' jobs, where told
                     worker.start()
                 try:
                     yield

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -201,6 +201,11 @@ class JobStore(Protocol):
 
     async def prune(self, *, before: float) -> None:
         """Forget delivery keys older than ``before`` (Sanity retries for 30 minutes)."""
+        ...
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process queues or hands back a job, where the
+        backend can tell (PostgreSQL's NOTIFY); otherwise polling finds it."""
         ...
 
     async def close(self) -> None: ...

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cms_sync.errors import ConfigError
 from cms_sync.jobs import JobStore
+from cms_sync.jobstore.postgres import PostgresJobStore
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import AssetRecords
 
@@ -47,7 +48,12 @@ async def open_storage(
     """
     database = str(database)
     if is_postgres(database):
-        raise ConfigError("CMS_SYNC_DATABASE: PostgreSQL is not supported yet")
+        shared = await PostgresJobStore.open(database, create=create, ingest_timeout=ingest_timeout)
+        try:
+            yield Storage(jobs=shared, records=shared.records)
+        finally:
+            await shared.close()
+        return
     if "://" in database:
         raise ConfigError(
             "CMS_SYNC_DATABASE: a path (SQLite) or a postgresql:// URL; "

@@ -1,4 +1,4 @@
-"""Contract tests of the job store; every implementation must pass them (only SQLite so far)."""
+"""Contract tests of the job store; every implementation must pass them, unchanged."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore, RetrySchedule
+from cms_sync.jobstore.postgres import PostgresJobStore
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import StoredAsset
 
@@ -18,12 +19,20 @@ LEASE, MAX = 30.0, 3
 Opener = Callable[[], Awaitable[JobStore]]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+
+        async def open_postgres() -> JobStore:
+            return await PostgresJobStore.open(url)
+
+        return open_postgres
+
     async def open_sqlite() -> JobStore:
         return await SQLiteJobStore.open(tmp_path / "jobs.db")
 
-    return {"sqlite": open_sqlite}[request.param]
+    return open_sqlite
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cms_sync.jobs import JobStore
+from cms_sync.jobstore.postgres import PostgresJobStore
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import AssetRecords, MemoryAssetRecords, StoredAsset
 
@@ -17,12 +19,16 @@ HOLD = 60.0
 A = "image-a-10x10-jpg"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def records(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AssetRecords]:
     if request.param == "memory":
         yield MemoryAssetRecords()
         return
-    store = await SQLiteJobStore.open(tmp_path / "jobs.db")
+    store: JobStore
+    if request.param == "postgres":
+        store = await PostgresJobStore.open(request.getfixturevalue("postgres_url"))
+    else:
+        store = await SQLiteJobStore.open(tmp_path / "jobs.db")
     yield store.records
     await store.close()
 

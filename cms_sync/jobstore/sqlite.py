@@ -648,6 +648,9 @@ class SQLiteJobStore:
             lambda conn: conn.execute("DELETE FROM inbox WHERE received_at < ?", (before,))
         )
 
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """SQLite cannot tell: another process's jobs are found by polling."""
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._ingest.close)
