@@ -41,7 +41,7 @@ from cms_sync.settings import (
     SyncCommandSettings,
     load_settings,
 )
-from cms_sync.storage import Storage, open_storage
+from cms_sync.storage import Storage, open_storage, shown_database
 from cms_sync.sync import SyncReport, open_syncer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -166,7 +166,8 @@ async def run_replay(
             return EXIT_OK if replayed.ok else EXIT_FAILED
         for doc_id in replayed.unseen:
             print(
-                f"{doc_id}: never seen by this store (no job in {settings.cms_sync_database}); "
+                f"{doc_id}: never seen by this store "
+                f"(no job in {shown_database(settings.cms_sync_database)}); "
                 "queued anyway",
                 file=out,
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cms_sync.errors import ConfigError
 from cms_sync.jobs import JobStore
-from cms_sync.jobstore.postgres import PostgresJobStore
+from cms_sync.jobstore.postgres import PostgresJobStore, shown
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import AssetRecords
 
@@ -30,6 +30,12 @@ class Storage:
 
 def is_postgres(database: str) -> bool:
     return database.startswith(_POSTGRES_SCHEMES)
+
+
+def shown_database(database: str | Path) -> str:
+    """How to name the database to a user: a path, or a URL without its password."""
+    database = str(database)
+    return shown(database) if is_postgres(database) else database
 
 
 @asynccontextmanager

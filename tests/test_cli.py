@@ -273,7 +273,15 @@ def test_operator_commands_never_invent_a_database(world: World, command: list[s
     assert list(world.cwd.iterdir()) == []
 
 
-def test_operator_commands_need_only_the_database(world: World) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_operator_commands_need_only_the_database(
+    world: World, backend: str, request: pytest.FixtureRequest
+) -> None:
+    shown = "cms-sync.db"
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        world.env["CMS_SYNC_DATABASE"] = url
+        shown = url  # it has no password to leave out
     assert world.run("sync", "post-1").code == 0  # sync makes the database
     world.env = operator_env(world)
     status = world.run("status", "--json")
@@ -282,8 +290,8 @@ def test_operator_commands_need_only_the_database(world: World) -> None:
     replay = world.run("replay", "post-1", "post-404")
     assert replay.code == 0
     assert replay.out.splitlines() == [
-        "post-1: never seen by this store (no job in cms-sync.db); queued anyway",
-        "post-404: never seen by this store (no job in cms-sync.db); queued anyway",
+        f"post-1: never seen by this store (no job in {shown}); queued anyway",
+        f"post-404: never seen by this store (no job in {shown}); queued anyway",
         "queued 2: post-1, post-404",
     ]
     again = world.run("replay", "post-1")

@@ -1,4 +1,7 @@
-"""The operator use cases return data; the CLI and the operator page only render it."""
+"""The operator use cases return data; the CLI and the operator page only render it.
+
+Every test runs on both backends: ``status``, ``failures`` and ``replay`` must give the
+same answers on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,9 +18,14 @@ from cms_sync.storage import Storage, open_storage
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    async with open_storage(tmp_path / "jobs.db") as storage:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    database = (
+        request.getfixturevalue("postgres_url")
+        if request.param == "postgres"
+        else str(tmp_path / "jobs.db")
+    )
+    async with open_storage(database) as storage:
         yield storage
 
 
