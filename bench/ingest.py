@@ -2,13 +2,15 @@
 
     python bench/ingest.py [--seconds 5] [--concurrency 1,16,64] [--parser httptools,h11]
                            [--upstream-latency 0.04] [--documents 300]
+                           [--database sqlite,postgresql://postgres@127.0.0.1:5432/postgres]
 
 One run starts the Sanity and Filestack fakes (each Sanity call taking
 ``--upstream-latency`` seconds, each store six times as long), then, for each HTTP
-parser: ``cms-sync serve`` (SQLite store in a fresh directory under the current one, so
-on the real disk) and a bare Starlette endpoint under the same uvicorn set-up (asyncio
-loop, same parser) that reads the body and answers 202. The same client (keep-alive
-HTTP/1.1 connections, one per concurrent sender, in this process) sends the same signed
+parser and store: ``cms-sync serve`` (SQLite in a fresh directory under the current one,
+so on the real disk; or, for a ``postgresql://`` URL in ``--database``, a fresh database
+on that server, dropped afterwards) and a bare Starlette endpoint under the same uvicorn
+set-up (asyncio loop, same parser) that reads the body and answers 202. The same client
+(keep-alive HTTP/1.1 connections, one per concurrent sender, in this process) sends the same signed
 deliveries to each for ``--seconds`` per level: the bare endpoint first, while the
 service is stopped (SIGSTOP) so that its worker takes no CPU; then the service, with
 its worker busy syncing what the deliveries queue (300 documents, each delivery for a
@@ -36,8 +38,10 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec-bench"  # noqa: S105 - the benchmark's own throwaway secret
@@ -230,9 +234,29 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     procs.clear()
 
 
+@contextmanager
+def store_for(database: str, work: Path) -> Iterator[str]:
+    """CMS_SYNC_DATABASE for one run: a new SQLite file, or a new database on the server."""
+    if not database.startswith("postgresql://"):
+        path = Path(tempfile.mkdtemp(dir=work)) / "cms-sync.db"
+        yield str(path)
+        return
+    import psycopg
+
+    name = f"cms_sync_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    try:
+        yield urlsplit(database)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(database, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
 @dataclass
 class Row:
     parser: str
+    store: str
     level: int
     ours: Result
     bare: Result
@@ -240,10 +264,31 @@ class Row:
 
 
 def measure(
-    parser: str, levels: list[int], urls: dict[str, str], work: Path, args: argparse.Namespace
+    parser: str,
+    database: str,
+    levels: list[int],
+    urls: dict[str, str],
+    work: Path,
+    args: argparse.Namespace,
 ) -> list[Row]:
-    """Start the service and the bare endpoint with ``parser``; measure every level."""
+    """Start the service (on ``database``) and the bare endpoint with ``parser``; measure
+    every level."""
     procs: list[subprocess.Popen[bytes]] = []
+    store = "postgresql" if database.startswith("postgresql://") else "sqlite"
+    with store_for(database, work) as url:
+        return _measure(parser, store, url, levels, urls, work, args, procs)
+
+
+def _measure(
+    parser: str,
+    store: str,
+    database: str,
+    levels: list[int],
+    urls: dict[str, str],
+    work: Path,
+    args: argparse.Namespace,
+    procs: list[subprocess.Popen[bytes]],
+) -> list[Row]:
     try:
         bare_port, service_port = free_port(), free_port()
         procs.append(
@@ -251,7 +296,7 @@ def measure(
                 [sys.executable, __file__, "--serve-bare", str(bare_port), "--parser", parser]
             )
         )
-        (work / parser).mkdir()
+        run_dir = Path(tempfile.mkdtemp(dir=work))
         env = {
             **os.environ,
             "SANITY_PROJECT_ID": "cmsdemo",
@@ -261,7 +306,7 @@ def measure(
             "FILESTACK_API_KEY": "fs-bench",
             "FILESTACK_PROCESS_URL": f"{urls['filestack']}/process",
             "SANITY_WEBHOOK_SECRET": SECRET,
-            "CMS_SYNC_DATABASE": str(work / parser / "cms-sync.db"),
+            "CMS_SYNC_DATABASE": database,
             "CMS_SYNC_HTTP_PARSER": parser,
             "CMS_SYNC_LOG_LEVEL": "warning",
             "CMS_SYNC_LOG_FORMAT": "json",
@@ -271,7 +316,7 @@ def measure(
             subprocess.Popen(  # noqa: S603
                 [*serve, "-m", "cms_sync", "serve", "--port", str(service_port)],
                 env=env,
-                cwd=work / parser,
+                cwd=run_dir,
                 stderr=subprocess.DEVNULL,
             )
         )
@@ -296,7 +341,7 @@ def measure(
             before = fake_calls(urls["sanity"])
             ours = asyncio.run(load(service_port, requests, level, args.seconds))
             queries = fake_calls(urls["sanity"])["query"] - before["query"]
-            rows.append(Row(parser, level, ours, bare, queries / ours.seconds))
+            rows.append(Row(parser, store, level, ours, bare, queries / ours.seconds))
         return rows
     finally:
         stop(procs)
@@ -315,6 +360,12 @@ def main() -> None:
         type=float,
         default=0.04,
         help="seconds per Sanity call (a Filestack store takes six times as long)",
+    )
+    parser.add_argument(
+        "--database",
+        default="sqlite",
+        help="stores to measure, comma-separated: sqlite, or a postgresql:// server URL "
+        "(a fresh database is made on it for the run)",
     )
     parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
@@ -344,8 +395,9 @@ def main() -> None:
         urls = json.loads(fakes[0].stdout.readline())
         rows = [
             row
+            for database in args.database.split(",")
             for name in args.parser.split(",")
-            for row in measure(name, levels, urls, work, args)
+            for row in measure(name, database, levels, urls, work, args)
         ]
     finally:
         stop(fakes)
@@ -356,14 +408,15 @@ def main() -> None:
         f"Sanity calls taking {args.upstream_latency * 1000:g} ms\n"
     )
     print(
-        "| parser | concurrency | this service | bare endpoint | ratio | our p50 | our p99 "
-        "| bare p99 | worker syncs/s |"
+        "| store | parser | concurrency | this service | bare endpoint | ratio | our p50 "
+        "| our p99 | bare p99 | worker syncs/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ours, bare = row.ours, row.bare
         print(
-            f"| {row.parser} | {row.level} | {ours.rate:,.0f} req/s | {bare.rate:,.0f} req/s | "
+            f"| {row.store} | {row.parser} | {row.level} | {ours.rate:,.0f} req/s | "
+            f"{bare.rate:,.0f} req/s | "
             f"{ours.rate / bare.rate:.2f} | {ours.percentile(50):.1f} ms | "
             f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.syncs:,.0f} |"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -60,6 +61,37 @@ async def test_accept_queues_and_a_repeated_key_writes_nothing(store: JobStore) 
     again = await store.accept("key-1", [ev("c")], now=1)
     assert again.duplicate and again.queued == ()
     assert (await store.stats(now=1)).counts[JobState.PENDING] == 2
+
+
+async def test_deliveries_arriving_together_are_each_answered_right(store: JobStore) -> None:
+    # Written together (a group commit): repeated keys, documents shared between
+    # deliveries, a multi-document delivery and one without a key, all at once.
+    await store.accept("seen", [ev("z")], now=0)
+    deliveries = [
+        ("k1", [ev("a")]),
+        ("k2", [ev("a", tt=5.0)]),
+        ("k1", [ev("a")]),  # Sanity retrying while the first try is being written
+        ("seen", [ev("b")]),
+        ("k3", [ev("b"), ev("c"), ev("b", tt=9.0)]),
+        (None, [ev("c")]),
+        ("k4", [ev("z")]),
+    ]
+    results = await asyncio.gather(
+        *(store.accept(key, requests, now=1) for key, requests in deliveries)
+    )
+
+    assert [r.duplicate for r in results] == [False, False, True, True, False, False, False]
+    queued = [doc for r in results for doc in r.queued]
+    assert sorted(queued) == ["a", "b", "c"]  # each new document queued once
+    assert results[6].coalesced == ("z",)
+    for r, (_, requests) in zip(results, deliveries, strict=True):
+        if not r.duplicate:
+            assert set(r.queued) | set(r.coalesced) == {e.document_id for e in requests}
+    jobs = {}
+    while (job := await claim(store, now=2)) is not None:
+        jobs[job.document_id] = job
+    assert set(jobs) == {"a", "b", "c", "z"}
+    assert (jobs["a"].not_before, jobs["b"].not_before) == (5.0, 9.0)
 
 
 async def test_a_job_keeps_who_asked_for_it(store: JobStore) -> None:

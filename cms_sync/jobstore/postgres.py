@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -343,6 +344,7 @@ class PostgresJobStore:
         self._records = PostgresAssetRecords(self)
         self._wakers: list[Callable[[], None]] = []
         self._listener: asyncio.Task[None] | None = None
+        self._ingest = _Batcher(self._accept_batch)
 
     @classmethod
     async def open(
@@ -446,27 +448,15 @@ class PostgresJobStore:
         merged = _merge(requests)
         if not merged and idempotency_key is None:
             return Accepted()
+        delivery = _Delivery(idempotency_key, merged, now)
+        return await self._within(self._ingest_timeout, self._ingest.submit(delivery))
 
-        async def write(conn: Conn) -> Accepted:
-            params: dict[str, Any] = {"key": idempotency_key, "now": now, **_arrays(merged)}
-            if not merged:  # a delivery with nothing to queue still takes its key
-                sql = _ACCEPT_KEY_ONLY
-            else:
-                sql = _ACCEPT_UNKEYED if idempotency_key is None else _ACCEPT_KEYED
-            rows = await (await conn.execute(sql, params)).fetchall()
-            if not rows and idempotency_key is not None:
-                return Accepted(duplicate=True)
-            if not merged:
-                return Accepted()
-            new = {row["document_id"]: row["new"] for row in rows}
-            if any(new.values()):
-                await conn.execute(f"NOTIFY {CHANNEL}")
-            return Accepted(
-                queued=tuple(r.document_id for r in merged if new[r.document_id]),
-                coalesced=tuple(r.document_id for r in merged if not new[r.document_id]),
-            )
-
-        return await self._within(self._ingest_timeout, self.run(write))
+    async def _accept_batch(self, batch: list[_Delivery]) -> list[Accepted]:
+        """Write deliveries that arrived together: one statement for one delivery, one
+        transaction for several (the client's work per delivery is what limits ingest)."""
+        if len(batch) == 1:
+            return [await self.run(lambda conn: _accept_one(conn, batch[0]))]
+        return await self.transaction(lambda conn: _accept_many(conn, batch))
 
     async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
         merged = _merge(requests)
@@ -739,6 +729,129 @@ class PostgresJobStore:
         await self._pool.close()
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    key: str | None
+    requests: list[JobRequest]  # one per document (merged)
+    now: float
+
+
+class _Batcher:
+    """Group commit for deliveries: those that arrive while a write is in flight go
+    together in the next one. One writer at a time; a batch takes whatever waits."""
+
+    def __init__(
+        self, write: Callable[[list[_Delivery]], Awaitable[list[Accepted]]], limit: int = 128
+    ) -> None:
+        self._write = write
+        self._limit = limit
+        self._waiting: list[tuple[_Delivery, asyncio.Future[Accepted]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, delivery: _Delivery) -> Accepted:
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        self._waiting.append((delivery, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="cms-sync-pg-ingest")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
+            live = [(d, f) for d, f in batch if not f.done()]  # a caller timed out: skip
+            if not live:
+                continue
+            try:
+                results = await self._write([d for d, _ in live])
+            except BaseException as exc:
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+async def _accept_one(conn: Conn, delivery: _Delivery) -> Accepted:
+    """One delivery in one statement: the inbox row gates the upsert of its jobs."""
+    key, merged = delivery.key, delivery.requests
+    params: dict[str, Any] = {"key": key, "now": delivery.now}
+    if not merged:  # a delivery with nothing to queue still takes its key
+        sql = _ACCEPT_KEY_ONLY
+    elif len(merged) == 1 and key is not None:
+        (one,) = merged
+        params.update(
+            doc=one.document_id, op=one.operation, nb=one.not_before, src=one.source.value
+        )
+        sql = _ACCEPT_KEYED_ONE
+    else:
+        params.update(_arrays(merged))
+        sql = _ACCEPT_UNKEYED if key is None else _ACCEPT_KEYED
+    rows = await (await conn.execute(sql, params)).fetchall()
+    if not rows and key is not None:
+        return Accepted(duplicate=True)
+    if not merged:
+        return Accepted()
+    new = {row["document_id"]: row["new"] for row in rows}
+    if any(new.values()):
+        await conn.execute(f"NOTIFY {CHANNEL}")
+    return Accepted(
+        queued=tuple(r.document_id for r in merged if new[r.document_id]),
+        coalesced=tuple(r.document_id for r in merged if not new[r.document_id]),
+    )
+
+
+async def _accept_many(conn: Conn, batch: list[_Delivery]) -> list[Accepted]:
+    """Several deliveries in one transaction: their keys, then their jobs, merged.
+
+    A key seen before (or twice in the batch) makes its delivery a duplicate; the
+    first delivery in the batch to name a document that had no pending job queued it,
+    and every later one coalesced into it.
+    """
+    keys = [d.key for d in batch if d.key is not None]
+    fresh: set[str] = set()
+    if keys:
+        rows = await (
+            await conn.execute(
+                "INSERT INTO inbox (idempotency_key, received_at) "
+                "SELECT k, %s FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING "
+                "RETURNING idempotency_key",
+                (max(d.now for d in batch), keys),
+            )
+        ).fetchall()
+        fresh = {row["idempotency_key"] for row in rows}
+    live: list[_Delivery | None] = []
+    for delivery in batch:
+        if delivery.key is None:
+            live.append(delivery)
+        elif delivery.key in fresh:
+            fresh.discard(delivery.key)  # a second delivery with the same key: a duplicate
+            live.append(delivery)
+        else:
+            live.append(None)
+    merged = _merge([r for d in live if d is not None for r in d.requests])
+    new: dict[str, bool] = {}
+    if merged:
+        params = {"now": max(d.now for d in batch), **_arrays(merged)}
+        rows = await (await conn.execute(_ACCEPT_UNKEYED, params)).fetchall()
+        new = {row["document_id"]: row["new"] for row in rows}
+        if any(new.values()):
+            await conn.execute(f"NOTIFY {CHANNEL}")
+    results = []
+    for written in live:
+        if written is None:
+            results.append(Accepted(duplicate=True))
+            continue
+        docs = [r.document_id for r in written.requests]
+        queued = tuple(doc for doc in docs if new.pop(doc, False))
+        coalesced = tuple(doc for doc in docs if doc not in queued)
+        results.append(Accepted(queued=queued, coalesced=coalesced))
+    return results
+
+
 # -- statements ---------------------------------------------------------------------------
 #: Queue requests (arrays of one row per document): insert a pending job, or fold into the
 #: document's pending job. A delivery leaves a backoff alone; a replay (``reset``) makes
@@ -747,8 +860,7 @@ _UPSERT_JOBS = (
     "INSERT INTO jobs (document_id, state, run_after, operation, not_before, source, "
     "created_at, updated_at) "
     "SELECT d, 'pending', %(now)s, op, nb, src, %(now)s, %(now)s "
-    "FROM unnest(%(docs)s::text[], %(ops)s::text[], %(nbs)s::float8[], %(srcs)s::text[]) "
-    "AS r(d, op, nb, src) WHERE {gate} "
+    "FROM {rows} AS r(d, op, nb, src) WHERE {gate} "
     "ON CONFLICT (document_id) WHERE state = 'pending' DO UPDATE SET "
     "run_after = CASE WHEN {reset} THEN excluded.run_after ELSE jobs.run_after END, "
     "updated_at = excluded.updated_at, read_retries = 0, "
@@ -760,21 +872,32 @@ _UPSERT_JOBS = (
     "attempts = CASE WHEN {reset} THEN 0 ELSE jobs.attempts END"
 )
 
+#: The requests as rows: arrays of one element per document, or (the usual delivery) one
+#: document's values, which cost the client far less to send than arrays.
+_ROWS = "unnest(%(docs)s::text[], %(ops)s::text[], %(nbs)s::float8[], %(srcs)s::text[])"
+_ONE_ROW = "(VALUES (%(doc)s::text, %(op)s::text, %(nb)s::float8, %(src)s::text))"
 _RETURNING = " RETURNING document_id, xmax = 0 AS new"  # xmax = 0: inserted, not updated
-_ACCEPT_UNKEYED = _UPSERT_JOBS.format(gate="TRUE", reset="FALSE") + _RETURNING
+_ACCEPT_UNKEYED = _UPSERT_JOBS.format(rows=_ROWS, gate="TRUE", reset="FALSE") + _RETURNING
 #: The inbox row gates the upsert: one statement, one round trip, atomic without BEGIN.
 _INBOX_ROW = (
     "WITH k AS (INSERT INTO inbox (idempotency_key, received_at) "
     "VALUES (%(key)s, %(now)s) ON CONFLICT DO NOTHING RETURNING 1) "
 )
 _ACCEPT_KEYED = (
-    _INBOX_ROW + _UPSERT_JOBS.format(gate="EXISTS (SELECT 1 FROM k)", reset="FALSE") + _RETURNING
+    _INBOX_ROW
+    + _UPSERT_JOBS.format(rows=_ROWS, gate="EXISTS (SELECT 1 FROM k)", reset="FALSE")
+    + _RETURNING
+)
+_ACCEPT_KEYED_ONE = (
+    _INBOX_ROW
+    + _UPSERT_JOBS.format(rows=_ONE_ROW, gate="EXISTS (SELECT 1 FROM k)", reset="FALSE")
+    + _RETURNING
 )
 _ACCEPT_KEY_ONLY = (
     "INSERT INTO inbox (idempotency_key, received_at) VALUES (%(key)s, %(now)s) "
     "ON CONFLICT DO NOTHING RETURNING idempotency_key AS document_id, TRUE AS new"
 )
-_ENQUEUE = _UPSERT_JOBS.format(gate="TRUE", reset="TRUE") + _RETURNING
+_ENQUEUE = _UPSERT_JOBS.format(rows=_ROWS, gate="TRUE", reset="TRUE") + _RETURNING
 
 #: The next due job whose document runs nowhere, skipping rows another replica has locked.
 _CLAIM = (
