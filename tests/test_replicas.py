@@ -76,8 +76,8 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
             CMS_SYNC_POLL_INTERVAL="0.5",
             CMS_SYNC_JOB_BACKOFF="0.2",
             CMS_SYNC_SHUTDOWN_GRACE="5",
-            # A store cut off by the kill holds its asset for the store deadline (2 x 3 s).
-            CMS_SYNC_FILESTACK_TIMEOUT="3",
+            # A store cut off by the kill holds its asset for the store deadline (2 x 1.5 s).
+            CMS_SYNC_FILESTACK_TIMEOUT="1.5",
             CMS_SYNC_AMBIGUOUS_STORE_BACKOFF="0.5",
         )
         world = Replicas(lake, fs, env, tmp_path, postgres_url)
