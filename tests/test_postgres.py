@@ -113,7 +113,11 @@ async def test_a_job_queued_on_one_replica_wakes_the_other(
     woken.clear()
 
     await one.accept("k", [JobRequest("post-1")], now=0)
+    async with asyncio.timeout(5):
+        await woken.wait()
 
+    woken.clear()  # deliveries written together notify too
+    await asyncio.gather(*(one.accept(f"k{n}", [JobRequest(f"post-{n}")], now=0) for n in (2, 3)))
     async with asyncio.timeout(5):
         await woken.wait()
 

@@ -59,7 +59,7 @@ T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
 SCHEMA_VERSION = 1
-CHANNEL = "cms_sync_jobs"
+CHANNEL = "cms_sync_jobs"  # _MANY_TAIL spells it too
 #: Any constant: the advisory lock that serialises schema changes across replicas.
 _SCHEMA_LOCK = 0x636D_7373_796E_63  # "cmssync"
 #: Errors that mean the database is unreachable or went away, not a bug in a statement.
@@ -452,11 +452,11 @@ class PostgresJobStore:
         return await self._within(self._ingest_timeout, self._ingest.submit(delivery))
 
     async def _accept_batch(self, batch: list[_Delivery]) -> list[Accepted]:
-        """Write deliveries that arrived together: one statement for one delivery, one
-        transaction for several (the client's work per delivery is what limits ingest)."""
+        """Write deliveries that arrived together, in one statement (the client's work
+        per statement is what limits ingest)."""
         if len(batch) == 1:
             return [await self.run(lambda conn: _accept_one(conn, batch[0]))]
-        return await self.transaction(lambda conn: _accept_many(conn, batch))
+        return await self.run(lambda conn: _accept_many(conn, batch))
 
     async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
         merged = _merge(requests)
@@ -805,44 +805,42 @@ async def _accept_one(conn: Conn, delivery: _Delivery) -> Accepted:
 
 
 async def _accept_many(conn: Conn, batch: list[_Delivery]) -> list[Accepted]:
-    """Several deliveries in one transaction: their keys, then their jobs, merged.
+    """Several deliveries in one statement (one round trip, atomic without BEGIN): their
+    keys, then the requests of those whose key was new, merged by document.
 
-    A key seen before (or twice in the batch) makes its delivery a duplicate; the
+    A key seen before (or earlier in the batch) makes its delivery a duplicate; the
     first delivery in the batch to name a document that had no pending job queued it,
     and every later one coalesced into it.
     """
-    keys = [d.key for d in batch if d.key is not None]
-    fresh: set[str] = set()
-    if keys:
-        rows = await (
-            await conn.execute(
-                "INSERT INTO inbox (idempotency_key, received_at) "
-                "SELECT k, %s FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING "
-                "RETURNING idempotency_key",
-                (max(d.now for d in batch), keys),
-            )
-        ).fetchall()
-        fresh = {row["idempotency_key"] for row in rows}
     live: list[_Delivery | None] = []
+    seen: set[str] = set()
     for delivery in batch:
-        if delivery.key is None:
-            live.append(delivery)
-        elif delivery.key in fresh:
-            fresh.discard(delivery.key)  # a second delivery with the same key: a duplicate
-            live.append(delivery)
-        else:
-            live.append(None)
-    merged = _merge([r for d in live if d is not None for r in d.requests])
-    new: dict[str, bool] = {}
-    if merged:
-        params = {"now": max(d.now for d in batch), **_arrays(merged)}
-        rows = await (await conn.execute(_ACCEPT_UNKEYED, params)).fetchall()
-        new = {row["document_id"]: row["new"] for row in rows}
-        if any(new.values()):
-            await conn.execute(f"NOTIFY {CHANNEL}")
+        if delivery.key is not None and delivery.key in seen:
+            live.append(None)  # the same key twice in one batch: the second is a duplicate
+            continue
+        if delivery.key is not None:
+            seen.add(delivery.key)
+        live.append(delivery)
+    requests = [(d.key, r) for d in live if d is not None for r in d.requests]
+    rows = await (
+        await conn.execute(
+            _ACCEPT_MANY,
+            {
+                "now": max(d.now for d in batch),
+                "keys": sorted(seen),
+                "docs": [r.document_id for _, r in requests],
+                "ops": [r.operation for _, r in requests],
+                "nbs": [r.not_before for _, r in requests],
+                "srcs": [r.source.value for _, r in requests],
+                "rkeys": [key for key, _ in requests],
+            },
+        )
+    ).fetchall()
+    fresh = {row["name"] for row in rows if row["kind"] == "key"}
+    new = {row["name"]: row["new"] for row in rows if row["kind"] == "doc"}
     results = []
     for written in live:
-        if written is None:
+        if written is None or (written.key is not None and written.key not in fresh):
             results.append(Accepted(duplicate=True))
             continue
         docs = [r.document_id for r in written.requests]
@@ -897,6 +895,28 @@ _ACCEPT_KEY_ONLY = (
     "INSERT INTO inbox (idempotency_key, received_at) VALUES (%(key)s, %(now)s) "
     "ON CONFLICT DO NOTHING RETURNING idempotency_key AS document_id, TRUE AS new"
 )
+#: Deliveries written together: new keys gate their requests, which are merged by
+#: document (latest operation and source, latest not_before) before the upsert; idle
+#: workers are notified when a job is new. Returns the new keys and each document.
+_MANY_HEAD = (
+    "WITH k AS (INSERT INTO inbox (idempotency_key, received_at) "
+    "  SELECT key, %(now)s FROM unnest(%(keys)s::text[]) AS key "
+    "  ON CONFLICT DO NOTHING RETURNING idempotency_key), "
+    "r AS (SELECT * FROM unnest(%(docs)s::text[], %(ops)s::text[], %(nbs)s::float8[], "
+    "  %(srcs)s::text[], %(rkeys)s::text[]) WITH ORDINALITY AS r(d, op, nb, src, key, ord) "
+    "  WHERE key IS NULL OR key IN (SELECT idempotency_key FROM k)), "
+    "m AS (SELECT d, (array_agg(op ORDER BY ord DESC) FILTER (WHERE op IS NOT NULL))[1], "
+    "  max(nb), (array_agg(src ORDER BY ord DESC))[1] FROM r GROUP BY d), "
+    "j AS ("
+)
+_MANY_TAIL = (
+    " RETURNING document_id, xmax = 0 AS new) "
+    "SELECT 'key' AS kind, idempotency_key AS name, TRUE AS new FROM k "
+    "UNION ALL SELECT 'doc', document_id, new FROM j "
+    "UNION ALL SELECT 'notified', '', TRUE FROM "
+    "  (SELECT pg_notify('cms_sync_jobs', '') FROM j WHERE new LIMIT 1) AS n"
+)
+_ACCEPT_MANY = _MANY_HEAD + _UPSERT_JOBS.format(rows="m", gate="TRUE", reset="FALSE") + _MANY_TAIL
 _ENQUEUE = _UPSERT_JOBS.format(rows=_ROWS, gate="TRUE", reset="TRUE") + _RETURNING
 
 #: The next due job whose document runs nowhere, skipping rows another replica has locked.
