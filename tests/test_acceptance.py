@@ -27,7 +27,7 @@ from fakes import FakeContentLake, FakeFilestack
 from scenarios import asset, catalogue, image, slots
 from senders import SECRET, Deliveries, mixed_deliveries
 from servers import serve
-from wiring import service_env
+from wiring import crash_test_env
 
 TOKEN = "sk-test-token"
 
@@ -81,18 +81,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     fs = FakeFilestack()
     echoes: queue.Queue[dict[str, Any]] = queue.Queue()
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
-        env = service_env(
-            sanity_url,
-            filestack_url,
-            SANITY_WEBHOOK_SECRET=SECRET,
-            CMS_SYNC_JOB_LEASE="2",
-            CMS_SYNC_POLL_INTERVAL="0.1",
-            CMS_SYNC_JOB_BACKOFF="0.2",
-            CMS_SYNC_SHUTDOWN_GRACE="5",
-            # A store cut off by the kill holds its asset for the store deadline (2 x 3 s).
-            CMS_SYNC_FILESTACK_TIMEOUT="3",
-            CMS_SYNC_AMBIGUOUS_STORE_BACKOFF="0.5",
-        )
+        env = crash_test_env(sanity_url, filestack_url, SANITY_WEBHOOK_SECRET=SECRET)
         svc = Service(lake, fs, env, tmp_path, echoes)
 
         def on_commit(docs: list[dict[str, Any]]) -> None:

@@ -29,7 +29,7 @@ from fakes import FakeContentLake, FakeFilestack
 from scenarios import catalogue, converged, slots
 from senders import SECRET, Deliveries
 from servers import serve
-from wiring import service_env
+from wiring import crash_test_env
 
 TOKEN = "sk-test-token"
 
@@ -67,18 +67,13 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
     lake = FakeContentLake(documents={d["_id"]: d for d in documents}, token=TOKEN)
     fs = FakeFilestack()
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
-        env = service_env(
+        env = crash_test_env(
             sanity_url,
             filestack_url,
             SANITY_WEBHOOK_SECRET=SECRET,
             CMS_SYNC_DATABASE=postgres_url,
-            CMS_SYNC_JOB_LEASE="2",
-            CMS_SYNC_POLL_INTERVAL="0.5",
-            CMS_SYNC_JOB_BACKOFF="0.2",
-            CMS_SYNC_SHUTDOWN_GRACE="5",
-            # A store cut off by the kill holds its asset for the store deadline (2 x 1.5 s).
-            CMS_SYNC_FILESTACK_TIMEOUT="1.5",
-            CMS_SYNC_AMBIGUOUS_STORE_BACKOFF="0.5",
+            CMS_SYNC_POLL_INTERVAL="0.5",  # NOTIFY wakes the workers; this is the fallback
+            CMS_SYNC_FILESTACK_TIMEOUT="1.5",  # a cut-off store holds its asset 3 s
         )
         world = Replicas(lake, fs, env, tmp_path, postgres_url)
         lake.on_commit = lambda docs: [world.echoes.put(doc) for doc in docs]

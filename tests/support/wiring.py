@@ -36,6 +36,21 @@ def service_env(sanity_url: str, filestack_url: str, **extra: str) -> dict[str, 
     }
 
 
+def crash_test_env(sanity_url: str, filestack_url: str, **extra: str) -> dict[str, str]:
+    """For process tests that kill a service: short leases, polls and backoffs, so that
+    what a crash leaves behind is recovered within seconds. A store cut off by a kill
+    holds its asset for the store deadline, 2 x ``CMS_SYNC_FILESTACK_TIMEOUT``."""
+    fast = {
+        "CMS_SYNC_JOB_LEASE": "2",
+        "CMS_SYNC_POLL_INTERVAL": "0.1",
+        "CMS_SYNC_JOB_BACKOFF": "0.2",
+        "CMS_SYNC_SHUTDOWN_GRACE": "5",
+        "CMS_SYNC_FILESTACK_TIMEOUT": "3",
+        "CMS_SYNC_AMBIGUOUS_STORE_BACKOFF": "0.5",
+    }
+    return service_env(sanity_url, filestack_url, **{**fast, **extra})
+
+
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "sanity_project_id": "cmsdemo",
