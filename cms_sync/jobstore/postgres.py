@@ -174,7 +174,7 @@ async def _ensure_schema(conn: Conn, url: str, *, create: bool) -> None:
             "CREATE TABLE IF NOT EXISTS cms_sync_schema ("
             " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
         )
-        row = await (await conn.execute("SELECT version FROM cms_sync_schema")).fetchone()
+        row = await _one(conn, "SELECT version FROM cms_sync_schema")
         version = 0 if row is None else row["version"]
         if version > SCHEMA_VERSION:
             raise ConfigError(
@@ -257,27 +257,26 @@ class PostgresAssetRecords:
             )
             # One statement decides: a replica racing for the same asset waits on the
             # row, then sees it held (ON CONFLICT re-checks the newest row version).
-            granted = await (
-                await conn.execute(
-                    "INSERT INTO store_attempts (asset_id, attempts, total, not_before, "
-                    "storage_key, first_at, updated_at) "
-                    "VALUES (%(asset)s, 1, 1, %(hold)s, %(key)s, %(now)s, %(now)s) "
-                    "ON CONFLICT (asset_id) DO UPDATE SET "
-                    "attempts = store_attempts.attempts + 1, total = store_attempts.total + 1, "
-                    "not_before = excluded.not_before, storage_key = excluded.storage_key, "
-                    "updated_at = excluded.updated_at "
-                    "WHERE store_attempts.attempts < %(max)s "
-                    "AND store_attempts.not_before <= %(now)s "
-                    "RETURNING attempts",
-                    {
-                        "asset": asset_id,
-                        "hold": hold_until,
-                        "key": storage_key,
-                        "now": now,
-                        "max": max_attempts,
-                    },
-                )
-            ).fetchone()
+            granted = await _one(
+                conn,
+                "INSERT INTO store_attempts (asset_id, attempts, total, not_before, "
+                "storage_key, first_at, updated_at) "
+                "VALUES (%(asset)s, 1, 1, %(hold)s, %(key)s, %(now)s, %(now)s) "
+                "ON CONFLICT (asset_id) DO UPDATE SET "
+                "attempts = store_attempts.attempts + 1, total = store_attempts.total + 1, "
+                "not_before = excluded.not_before, storage_key = excluded.storage_key, "
+                "updated_at = excluded.updated_at "
+                "WHERE store_attempts.attempts < %(max)s "
+                "AND store_attempts.not_before <= %(now)s "
+                "RETURNING attempts",
+                {
+                    "asset": asset_id,
+                    "hold": hold_until,
+                    "key": storage_key,
+                    "now": now,
+                    "max": max_attempts,
+                },
+            )
             if granted is not None:
                 return StoreGate(
                     granted=True, attempts=granted["attempts"], storage_key=storage_key
@@ -285,13 +284,12 @@ class PostgresAssetRecords:
             record = await _record(conn, asset_id)  # stored meanwhile by another replica?
             if record is not None:
                 return StoreGate(record=record)
-            row = await (
-                await conn.execute(
-                    "SELECT attempts, not_before, storage_key, last_error FROM store_attempts "
-                    "WHERE asset_id = %s",
-                    (asset_id,),
-                )
-            ).fetchone()
+            row = await _one(
+                conn,
+                "SELECT attempts, not_before, storage_key, last_error FROM store_attempts "
+                "WHERE asset_id = %s",
+                (asset_id,),
+            )
             assert row is not None  # the upsert found it
             return StoreGate(
                 attempts=row["attempts"],
@@ -324,13 +322,20 @@ class PostgresAssetRecords:
         await self._store.transaction(write)
 
 
+async def _one(conn: Conn, sql: str, params: Any = None) -> dict[str, Any] | None:
+    return await (await conn.execute(sql, params)).fetchone()
+
+
+async def _all(conn: Conn, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    return await (await conn.execute(sql, params)).fetchall()
+
+
 async def _record(conn: Conn, asset_id: str) -> StoredAsset | None:
-    row = await (
-        await conn.execute(
-            "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = %s",
-            (asset_id,),
-        )
-    ).fetchone()
+    row = await _one(
+        conn,
+        "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = %s",
+        (asset_id,),
+    )
     return None if row is None else StoredAsset(**row)
 
 
@@ -463,11 +468,9 @@ class PostgresJobStore:
         ids = [r.document_id for r in merged]
 
         async def write(conn: Conn) -> Accepted:
-            seen = await (
-                await conn.execute(
-                    "SELECT DISTINCT document_id FROM jobs WHERE document_id = ANY(%s)", (ids,)
-                )
-            ).fetchall()
+            seen = await _all(
+                conn, "SELECT DISTINCT document_id FROM jobs WHERE document_id = ANY(%s)", (ids,)
+            )
             known = {row["document_id"] for row in seen}
             await conn.execute(
                 "DELETE FROM jobs WHERE document_id = ANY(%s) AND state = 'failed'", (ids,)
@@ -478,7 +481,7 @@ class PostgresJobStore:
                 "  SELECT asset_id FROM store_attempt_documents WHERE document_id = ANY(%s))",
                 (ids,),
             )
-            rows = await (await conn.execute(_ENQUEUE, {"now": now, **_arrays(merged)})).fetchall()
+            rows = await _all(conn, _ENQUEUE, {"now": now, **_arrays(merged)})
             await conn.execute(f"NOTIFY {CHANNEL}")
             new = {row["document_id"]: row["new"] for row in rows}
             return Accepted(
@@ -491,12 +494,11 @@ class PostgresJobStore:
 
     async def latest_job(self, document_id: str) -> Job | None:
         async def read(conn: Conn) -> Job | None:
-            row = await (
-                await conn.execute(
-                    "SELECT * FROM jobs WHERE document_id = %s ORDER BY id DESC LIMIT 1",
-                    (document_id,),
-                )
-            ).fetchone()
+            row = await _one(
+                conn,
+                "SELECT * FROM jobs WHERE document_id = %s ORDER BY id DESC LIMIT 1",
+                (document_id,),
+            )
             return None if row is None else _job(row)
 
         return await self.run(read)
@@ -515,17 +517,16 @@ class PostgresJobStore:
             await _recover_expired(conn, now=now, max_attempts=max_attempts)
             try:
                 async with conn.transaction():
-                    row = await (
-                        await conn.execute(
-                            _CLAIM,
-                            {
-                                "now": now,
-                                "doc": document_id,
-                                "owner": owner,
-                                "until": now + lease,
-                            },
-                        )
-                    ).fetchone()
+                    row = await _one(
+                        conn,
+                        _CLAIM,
+                        {
+                            "now": now,
+                            "doc": document_id,
+                            "owner": owner,
+                            "until": now + lease,
+                        },
+                    )
             except psycopg.errors.UniqueViolation:
                 return None  # the document's job was claimed elsewhere meanwhile
             return None if row is None else _job(row)
@@ -594,12 +595,11 @@ class PostgresJobStore:
         async def write(conn: Conn) -> bool:
             # Lock the document's pending job, if any, so a delivery cannot add one between
             # the look and the update (the unique index would refuse the update).
-            newer = await (
-                await conn.execute(
-                    "SELECT id FROM jobs WHERE document_id = %s AND state = 'pending' FOR UPDATE",
-                    (job.document_id,),
-                )
-            ).fetchone()
+            newer = await _one(
+                conn,
+                "SELECT id FROM jobs WHERE document_id = %s AND state = 'pending' FOR UPDATE",
+                (job.document_id,),
+            )
             if newer is None:
                 try:
                     async with conn.transaction():
@@ -616,13 +616,11 @@ class PostgresJobStore:
                     if kept:
                         await conn.execute(f"NOTIFY {CHANNEL}")
                     return kept
-                newer = await (
-                    await conn.execute(
-                        "SELECT id FROM jobs WHERE document_id = %s AND state = 'pending' "
-                        "FOR UPDATE",
-                        (job.document_id,),
-                    )
-                ).fetchone()
+                newer = await _one(
+                    conn,
+                    "SELECT id FROM jobs WHERE document_id = %s AND state = 'pending' FOR UPDATE",
+                    (job.document_id,),
+                )
                 assert newer is not None
             deleted = (
                 await conn.execute(
@@ -645,13 +643,12 @@ class PostgresJobStore:
     # -- operators ----------------------------------------------------------------------
     async def failures(self) -> list[FailedJob]:
         async def read(conn: Conn) -> list[FailedJob]:
-            rows = await (
-                await conn.execute(
-                    "SELECT DISTINCT ON (document_id) document_id, attempts, last_error, "
-                    "updated_at FROM jobs WHERE state = 'failed' "
-                    "ORDER BY document_id, updated_at DESC, id DESC"
-                )
-            ).fetchall()
+            rows = await _all(
+                conn,
+                "SELECT DISTINCT ON (document_id) document_id, attempts, last_error, "
+                "updated_at FROM jobs WHERE state = 'failed' "
+                "ORDER BY document_id, updated_at DESC, id DESC",
+            )
             failed = [
                 FailedJob(r["document_id"], r["attempts"], r["last_error"] or "", r["updated_at"])
                 for r in rows
@@ -663,25 +660,21 @@ class PostgresJobStore:
     async def stats(self, *, now: float) -> StoreStats:
         async def read(conn: Conn) -> StoreStats:
             counts = {state: 0 for state in JobState}
-            for row in await (
-                await conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")
-            ).fetchall():
+            for row in await _all(conn, "SELECT state, count(*) AS n FROM jobs GROUP BY state"):
                 counts[JobState(row["state"])] = row["n"]
-            summary = await (
-                await conn.execute(
-                    "SELECT (SELECT min(created_at) FROM jobs WHERE state = 'pending') AS oldest,"
-                    " (SELECT count(*) FROM assets) AS assets,"
-                    " (SELECT count(*) FROM store_attempts s WHERE attempts > 0 AND NOT EXISTS"
-                    "   (SELECT 1 FROM assets a WHERE a.asset_id = s.asset_id)) AS unanswered"
-                )
-            ).fetchone()
+            summary = await _one(
+                conn,
+                "SELECT (SELECT min(created_at) FROM jobs WHERE state = 'pending') AS oldest,"
+                " (SELECT count(*) FROM assets) AS assets,"
+                " (SELECT count(*) FROM store_attempts s WHERE attempts > 0 AND NOT EXISTS"
+                "   (SELECT 1 FROM assets a WHERE a.asset_id = s.asset_id)) AS unanswered",
+            )
             assert summary is not None
-            running = await (
-                await conn.execute(
-                    "SELECT document_id, lease_owner, attempts, updated_at, lease_until "
-                    "FROM jobs WHERE state = 'running' ORDER BY updated_at, id"
-                )
-            ).fetchall()
+            running = await _all(
+                conn,
+                "SELECT document_id, lease_owner, attempts, updated_at, lease_until "
+                "FROM jobs WHERE state = 'running' ORDER BY updated_at, id",
+            )
             oldest = summary["oldest"]
             return StoreStats(
                 counts=counts,
@@ -695,12 +688,11 @@ class PostgresJobStore:
 
     async def next_due(self) -> float | None:
         async def read(conn: Conn) -> float | None:
-            row = await (
-                await conn.execute(
-                    "SELECT least((SELECT min(run_after) FROM jobs WHERE state = 'pending'),"
-                    " (SELECT min(lease_until) FROM jobs WHERE state = 'running')) AS due"
-                )
-            ).fetchone()
+            row = await _one(
+                conn,
+                "SELECT least((SELECT min(run_after) FROM jobs WHERE state = 'pending'),"
+                " (SELECT min(lease_until) FROM jobs WHERE state = 'running')) AS due",
+            )
             return None if row is None else row["due"]
 
         return await self.run(read)
@@ -790,7 +782,7 @@ async def _accept_one(conn: Conn, delivery: _Delivery) -> Accepted:
     else:
         params.update(_arrays(merged))
         sql = _ACCEPT_UNKEYED if key is None else _ACCEPT_KEYED
-    rows = await (await conn.execute(sql, params)).fetchall()
+    rows = await _all(conn, sql, params)
     if not rows and key is not None:
         return Accepted(duplicate=True)
     if not merged:
@@ -822,20 +814,19 @@ async def _accept_many(conn: Conn, batch: list[_Delivery]) -> list[Accepted]:
             seen.add(delivery.key)
         live.append(delivery)
     requests = [(d.key, r) for d in live if d is not None for r in d.requests]
-    rows = await (
-        await conn.execute(
-            _ACCEPT_MANY,
-            {
-                "now": max(d.now for d in batch),
-                "keys": sorted(seen),
-                "docs": [r.document_id for _, r in requests],
-                "ops": [r.operation for _, r in requests],
-                "nbs": [r.not_before for _, r in requests],
-                "srcs": [r.source.value for _, r in requests],
-                "rkeys": [key for key, _ in requests],
-            },
-        )
-    ).fetchall()
+    rows = await _all(
+        conn,
+        _ACCEPT_MANY,
+        {
+            "now": max(d.now for d in batch),
+            "keys": sorted(seen),
+            "docs": [r.document_id for _, r in requests],
+            "ops": [r.operation for _, r in requests],
+            "nbs": [r.not_before for _, r in requests],
+            "srcs": [r.source.value for _, r in requests],
+            "rkeys": [key for key, _ in requests],
+        },
+    )
     fresh = {row["name"] for row in rows if row["kind"] == "key"}
     new = {row["name"]: row["new"] for row in rows if row["kind"] == "doc"}
     results = []
@@ -977,11 +968,9 @@ async def _recover_expired(conn: Conn, *, now: float, max_attempts: int) -> None
     Cheap when there are none (an index on the leases); when two replicas recover at
     once, row locks order them and the second finds nothing left to do.
     """
-    expired = await (
-        await conn.execute(
-            "SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < %s LIMIT 1", (now,)
-        )
-    ).fetchone()
+    expired = await _one(
+        conn, "SELECT 1 FROM jobs WHERE state = 'running' AND lease_until < %s LIMIT 1", (now,)
+    )
     if expired is None:
         return
     try:
