@@ -5,26 +5,32 @@ same answers on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from cms_sync import operations
+from cms_sync.cli import run_status
 from cms_sync.jobs import JobRequest, JobState
 from cms_sync.scrub import Scrubber
+from cms_sync.settings import OperatorSettings
 from cms_sync.storage import Storage, open_storage
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    database = (
-        request.getfixturevalue("postgres_url")
-        if request.param == "postgres"
-        else str(tmp_path / "jobs.db")
-    )
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "jobs.db")
+
+
+@pytest.fixture
+async def storage(database: str) -> AsyncIterator[Storage]:
     async with open_storage(database) as storage:
         yield storage
 
@@ -83,3 +89,19 @@ async def test_replay_refuses_what_cannot_sync_and_names_the_unseen(storage: Sto
 async def test_replay_with_nothing_failed_queues_nothing(storage: Storage) -> None:
     replayed = await operations.replay(storage, [], all_failed=True, now=0)
     assert replayed == operations.Replayed() and replayed.ok
+
+
+async def test_the_cli_shows_each_replicas_running_jobs(storage: Storage, database: str) -> None:
+    await storage.jobs.accept("k", [JobRequest(d) for d in ("a", "b")], now=time.time())
+    await claim(storage, "pod-7f9c:1:aa", now=time.time())
+    await claim(storage, "pod-2b1d:1:bb", now=time.time())
+    out = io.StringIO()
+
+    await run_status(
+        OperatorSettings(_env_file=None, cms_sync_database=database), as_json=False, out=out
+    )
+
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("jobs: pending 0, running 2, done 0, failed 0;")
+    assert lines[1].startswith("running on pod-7f9c:1:aa: a (")
+    assert lines[2].startswith("running on pod-2b1d:1:bb: b (")
