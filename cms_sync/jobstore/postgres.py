@@ -342,13 +342,21 @@ async def _record(conn: Conn, asset_id: str) -> StoredAsset | None:
 class PostgresJobStore:
     """:class:`~cms_sync.jobs.JobStore` on a PostgreSQL database shared by replicas."""
 
-    def __init__(self, url: str, pool: AsyncConnectionPool[Conn], *, ingest_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool: AsyncConnectionPool[Conn],
+        *,
+        conninfo: str,
+        ingest_timeout: float,
+    ) -> None:
         self._url = url
         self._pool = pool
         self._ingest_timeout = ingest_timeout
         self._records = PostgresAssetRecords(self)
         self._wakers: list[Callable[[], None]] = []
         self._listener: asyncio.Task[None] | None = None
+        self._conninfo = conninfo  # for the listener's own connection
         self._ingest = _Batcher(self._accept_batch)
 
     @classmethod
@@ -391,9 +399,7 @@ class PostgresJobStore:
             name="cms-sync",
         )
         await pool.open(wait=True, timeout=connect_timeout)
-        store = cls(url, pool, ingest_timeout=ingest_timeout)
-        store._listener = asyncio.create_task(store._listen(conninfo), name="cms-sync-listen")
-        return store
+        return cls(url, pool, conninfo=conninfo, ingest_timeout=ingest_timeout)
 
     @property
     def records(self) -> PostgresAssetRecords:
@@ -423,15 +429,20 @@ class PostgresJobStore:
             raise StoreUnavailable("job store: the write did not finish in time") from None
 
     def add_waker(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` whenever any replica queues or hands back a job."""
+        """Call ``wake`` whenever any replica queues or hands back a job. The first waker
+        starts the listener (operator commands never add one, nor hold its connection)."""
         self._wakers.append(wake)
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="cms-sync-listen")
 
-    async def _listen(self, conninfo: str) -> None:
+    async def _listen(self) -> None:
         """LISTEN on a connection of its own; reconnect (with backoff) when it drops."""
         delay = 0.5
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
                     self._wake()  # anything queued while we were not listening
