@@ -15,7 +15,6 @@ from pathlib import Path
 
 from cms_sync.errors import ConfigError
 from cms_sync.jobs import JobStore
-from cms_sync.jobstore.postgres import PostgresJobStore, shown
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import AssetRecords
 
@@ -35,7 +34,11 @@ def is_postgres(database: str) -> bool:
 def shown_database(database: str | Path) -> str:
     """How to name the database to a user: a path, or a URL without its password."""
     database = str(database)
-    return shown(database) if is_postgres(database) else database
+    if not is_postgres(database):
+        return database
+    from cms_sync.jobstore.postgres import shown  # psycopg only where it is used
+
+    return shown(database)
 
 
 @asynccontextmanager
@@ -54,6 +57,10 @@ async def open_storage(
     """
     database = str(database)
     if is_postgres(database):
+        # Imported here: psycopg takes a tenth of a second to import, which every
+        # command on SQLite would otherwise pay.
+        from cms_sync.jobstore.postgres import PostgresJobStore
+
         shared = await PostgresJobStore.open(database, create=create, ingest_timeout=ingest_timeout)
         try:
             yield Storage(jobs=shared, records=shared.records)
