@@ -18,8 +18,9 @@ from typing import Any, TextIO, TypeVar
 
 import structlog
 
-from cms_sync import __version__, operations
+from cms_sync import __version__, groq, operations
 from cms_sync.app import check_settings, create_app, worker_options
+from cms_sync.dataset import DatasetError, parse_export
 from cms_sync.deliveries import shown_id
 from cms_sync.errors import (
     AuthenticationError,
@@ -371,6 +372,59 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(run_status(settings, as_json=args.json, out=sys.stdout))
 
 
+def caret(query: str, position: int) -> str:
+    """The query line holding ``position``, with a caret under it."""
+    start = query.rfind("\n", 0, position) + 1
+    end = query.find("\n", position)
+    line = query[start : end if end >= 0 else len(query)]
+    return f"{line}\n{' ' * (position - start)}^"
+
+
+def run_groq(
+    query: str, dataset_text: str | None, raw_params: Sequence[str], *, out: TextIO, err: TextIO
+) -> int:
+    """``cms-sync groq``: evaluate a query over an export and print JSON."""
+    params: dict[str, Any] = {}
+    for raw in raw_params:
+        name, sep, value = raw.partition("=")
+        name = name.removeprefix("$")
+        if not sep or not name:
+            raise ConfigError(f"--param {raw!r}: expected NAME=JSON")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            hint = "quote strings: '\"x\"'"
+            raise ConfigError(f"--param {name}: {value!r} is not JSON ({hint})") from None
+    try:
+        documents = parse_export(dataset_text) if dataset_text is not None else []
+    except DatasetError as exc:
+        raise ConfigError(f"--dataset: {exc}") from None
+    try:
+        result = groq.evaluate(query, documents, params)
+    except groq.GroqSyntaxError as exc:
+        print(f"cms-sync: {exc.message} (line {exc.line}, column {exc.column})", file=err)
+        print(caret(query, exc.position), file=err)
+        return EXIT_FAILED
+    except groq.GroqEvaluationError as exc:
+        print(f"cms-sync: {exc}", file=err)
+        return EXIT_FAILED
+    print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
+    return EXIT_OK
+
+
+def _cmd_groq(args: argparse.Namespace) -> int:
+    text: str | None = None
+    if args.dataset == "-":
+        text = sys.stdin.read()
+    elif args.dataset is not None:
+        try:
+            with open(args.dataset, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as exc:
+            raise ConfigError(f"--dataset: cannot read {args.dataset}: {exc.strerror}") from None
+    return run_groq(args.query, text, args.param, out=sys.stdout, err=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cms-sync",
@@ -423,6 +477,24 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="job counts, oldest pending age, stored assets")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_cmd_status)
+
+    groq_cmd = commands.add_parser(
+        "groq",
+        help="evaluate a GROQ query over a dataset export and print JSON",
+        description="Evaluate a GROQ query, offline, with cms-sync's GROQ engine.",
+    )
+    groq_cmd.add_argument("query", metavar="QUERY")
+    groq_cmd.add_argument(
+        "--dataset", metavar="FILE", help="NDJSON export or JSON array; - reads stdin"
+    )
+    groq_cmd.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a $NAME parameter, as JSON (repeatable)",
+    )
+    groq_cmd.set_defaults(func=_cmd_groq)
     return parser
 
 
