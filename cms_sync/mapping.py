@@ -27,6 +27,7 @@ from cms_sync.errors import ConfigError
 # A GROQ identifier that is not a system field: field names are spliced into the query
 # text (ids and types never are), so only plain identifiers are accepted.
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_GROQ_LITERALS = frozenset({"null", "true", "false"})
 _TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
 
@@ -79,6 +80,8 @@ def parse_field(spec: str) -> MediaField:
         ValueError: the spec is not a plain field name, optionally followed by ``[]``.
     """
     name, is_array = (spec[:-2], True) if spec.endswith("[]") else (spec, False)
+    if name in _GROQ_LITERALS:
+        raise ValueError(f"{spec!r} cannot be a media field: GROQ reads {name} as a literal")
     if not _FIELD.match(name):
         raise ValueError(
             f"{spec!r} is not a field name (letters, digits and _, not starting with _ "

@@ -39,6 +39,8 @@ def test_file_is_read(tmp_path: Path) -> None:
         ({"types": {"post": {"media": []}}}, "types.post.media: List should have at least 1"),
         ({"types": {"post": {"media": ["main image"]}}}, "types.post.media[0]: 'main image'"),
         ({"types": {"post": {"media": ["_id"]}}}, "types.post.media[0]: '_id'"),
+        ({"types": {"post": {"media": ["null"]}}}, "types.post.media[0]: 'null' cannot be"),
+        ({"types": {"post": {"media": ["true[]"]}}}, "types.post.media[0]: 'true[]' cannot"),
         ({"types": {"post": {"media": ["a[][]"]}}}, "types.post.media[0]"),
         ({"types": {"post": {"media": ["a", "a[]"]}}}, "types.post.media: 'a' is listed twice"),
         ({"types": {"post": {"media": ["a"], "extra": 1}}}, "types.post.extra: Extra inputs"),

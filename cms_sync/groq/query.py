@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from cms_sync.document import ASSET_FIELDS, SLOT_FIELDS
+from cms_sync.errors import ConfigError
+from cms_sync.groq.errors import GroqSyntaxError
+from cms_sync.groq.parser import parse
 from cms_sync.mapping import MediaField, MediaMapping
 
 
@@ -39,10 +42,13 @@ def slot_projection(field: MediaField) -> str:
 
 
 def build_document_query(mapping: MediaMapping) -> DocumentQuery:
-    """One query for a document of any mapped type, by id.
+    """One query for a document of any mapped type, by id, checked by the GROQ parser.
 
     The base fields are always returned; each type's media slots come from a
     conditional projection on ``_type == $typeN``.
+
+    Raises:
+        ConfigError: the mapping makes a query that does not parse.
     """
     branches: list[str] = []
     type_params: dict[str, str] = {}
@@ -52,4 +58,8 @@ def build_document_query(mapping: MediaMapping) -> DocumentQuery:
         slots = ", ".join(slot_projection(field) for field in fields)
         branches.append(f"_type == ${param} => {{{slots}}}")
     text = "*[_id == $id][0]{_id, _type, _rev, _updatedAt, " + ", ".join(branches) + "}"
+    try:
+        parse(text)
+    except GroqSyntaxError as exc:  # a mapping the validation above let through
+        raise ConfigError(f"the media mapping gives an invalid query: {exc}") from None
     return DocumentQuery(text=text, type_params=MappingProxyType(type_params))

@@ -2,8 +2,8 @@
 
 Each fake is an ``httpx.Request -> httpx.Response`` handler: tests use it through
 ``httpx.MockTransport`` or behind a real socket (``servers.serve``). The Content Lake fake
-answers only cms-sync's document query (its projection is written out in Python and
-checked against groq-js recordings in tests/groq) and applies JSONMatch ``set`` patches
+evaluates any query with cms_sync.groq over its published documents (checked against
+groq-js recordings in tests/groq) and applies JSONMatch ``set`` patches
 of the two path shapes the worker writes, with ``ifRevisionID``.
 """
 
@@ -26,8 +26,7 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from cms_sync.document import ASSET_FIELDS, SLOT_FIELDS
-from cms_sync.groq import build_document_query
+from cms_sync import groq
 from cms_sync.mapping import MediaMapping, default_mapping
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -103,13 +102,16 @@ class FakeContentLake:
             body = json.loads(request.content)
             query, params = body["query"], body.get("params", {})
             perspective = request.url.params.get("perspective")
-        expected = build_document_query(self.mapping)
-        if query != expected.text or perspective != "published":
+        if perspective != "published":
             return _json(
-                400, {"error": {"type": "queryParseError", "description": "fake: unknown query"}}
+                400, {"error": {"type": "queryParseError", "description": "fake: published only"}}
             )
-        doc = self.published(params["id"])
-        result = None if doc is None else self.project(doc)
+        try:
+            result = self.query(query, params)
+        except groq.GroqSyntaxError as exc:
+            error = {"type": "queryParseError", "description": exc.message, "query": query}
+            error |= {"start": exc.position, "end": exc.position + 1}
+            return _json(400, {"error": error})
         return _json(200, {"ms": 1, "query": query, "result": result})
 
     def _mutate(self, request: httpx.Request) -> httpx.Response:
@@ -173,30 +175,14 @@ class FakeContentLake:
             return None
         return self.documents.get(doc_id)
 
-    def project(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """cms-sync's document query, evaluated the way groq-js does."""
-        out = {key: doc.get(key) for key in ("_id", "_type", "_rev", "_updatedAt")}
-        for media in self.mapping.types.get(doc["_type"], ()):
-            value = doc.get(media.name)
-            if media.is_array:
-                out[media.name] = (
-                    [self._slot(item, with_key=True) for item in value]
-                    if isinstance(value, list)
-                    else None
-                )
-            else:
-                out[media.name] = self._slot(value, with_key=False)
-        return out
-
-    def _slot(self, value: Any, *, with_key: bool) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            return None
-        slot: dict[str, Any] = {"_key": value.get("_key")} if with_key else {}
-        slot.update({name: value.get(name) for name in SLOT_FIELDS})
-        ref = value.get("asset", {}).get("_ref") if isinstance(value.get("asset"), dict) else None
-        asset = self.documents.get(ref) if ref else None
-        slot["asset"] = {name: asset.get(name) for name in ASSET_FIELDS} if asset else None
-        return slot
+    def query(self, text: str, params: dict[str, Any]) -> Any:
+        """A query over the published perspective, evaluated by cms_sync.groq."""
+        published = [
+            doc
+            for doc in self.documents.values()
+            if not doc["_id"].startswith(("drafts.", "versions."))
+        ]
+        return groq.evaluate(text, published, params)
 
     def slot_value(self, doc_id: str, path: str) -> dict[str, Any]:
         """The media object at ``mainImage`` or ``gallery[_key=="k"]``."""
