@@ -232,21 +232,16 @@ def _op_call(node: s.OpCall, scope: Scope) -> Any:
     return arithmetic(op, left, right)
 
 
-def _and(node: s.And, scope: Scope) -> Any:
+def _logic(node: s.And | s.Or, scope: Scope) -> Any:
+    """``&&`` and ``||``: the deciding value on either side wins; else null unless both
+    sides are booleans.
+    """
+    deciding = isinstance(node, s.Or)
     left, right = execute(node.left, scope), execute(node.right, scope)
-    if left is False or right is False:
-        return False
-    if left is True and right is True:
-        return True
-    return None
-
-
-def _or(node: s.Or, scope: Scope) -> Any:
-    left, right = execute(node.left, scope), execute(node.right, scope)
-    if left is True or right is True:
-        return True
-    if left is False and right is False:
-        return False
+    if left is deciding or right is deciding:
+        return deciding
+    if type(left) is bool and type(right) is bool:
+        return not deciding
     return None
 
 
@@ -339,8 +334,8 @@ _EXECUTORS: dict[type, Callable[[Any, Scope], Any]] = {
     s.Array: _array,
     s.Tuple: _unevaluable,
     s.OpCall: _op_call,
-    s.And: _and,
-    s.Or: _or,
+    s.And: _logic,
+    s.Or: _logic,
     s.Not: _not,
     s.Neg: _sign,
     s.Pos: _sign,

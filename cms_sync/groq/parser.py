@@ -13,7 +13,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from cms_sync.groq import syntax as s
 from cms_sync.groq.errors import GroqSyntaxError
@@ -33,6 +33,7 @@ _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n":
 _ESCAPES |= {"r": "\r", "t": "\t"}
 
 _ANY = -1  # any number of arguments
+T = TypeVar("T")
 
 
 def _at_least(n: int) -> Callable[[int], bool]:
@@ -420,15 +421,8 @@ class _Parser:
             return s.Group(first), pos + 1
         if self.char(pos) != ",":
             self.fail(f'Unexpected character "{self.char(pos) or "undefined"}"', pos)
-        members = [first]
-        pos = self.ws(pos + 1)
-        while True:
-            member, end, _ = self.expr(pos, 0)
-            members.append(member)
-            pos = self.ws(end)
-            if self.char(pos) != ",":
-                break
-            pos = self.ws(pos + 1)
+        rest, pos = self.items(self.ws(pos + 1), self.item, ")", trailing=False)
+        members = [first, *rest]
         if self.char(pos) != ")":
             self.fail('Expected ")" after tuple expression', pos)
         return s.Tuple(tuple(members)), pos + 1
@@ -437,21 +431,36 @@ class _Parser:
         pos = self.ws(pos + 1)
         elements: list[s.ArrayElement] = []
         if self.char(pos) != "]":
-            while True:
-                splat = self.text.startswith("...", pos)
-                if splat:
-                    pos = self.ws(pos + 3)
-                value, end, _ = self.expr(pos, 0)
-                elements.append(s.ArrayElement(value, splat))
-                pos = self.ws(end)
-                if self.char(pos) != ",":
-                    break
-                pos = self.ws(pos + 1)
-                if self.char(pos) == "]":
-                    break
+            elements, pos = self.items(pos, self.element, "]", trailing=True)
         if self.char(pos) != "]":
             self.fail('Expected "]" after array expression', pos)
         return s.Array(tuple(elements)), pos + 1
+
+    def element(self, pos: int) -> tuple[s.ArrayElement, int]:
+        splat = self.text.startswith("...", pos)
+        if splat:
+            pos = self.ws(pos + 3)
+        value, end, _ = self.expr(pos, 0)
+        return s.ArrayElement(value, splat), end
+
+    def item(self, pos: int) -> tuple[s.Node, int]:
+        node, end, _ = self.expr(pos, 0)
+        return node, end
+
+    def items(
+        self, pos: int, parse: Callable[[int], tuple[T, int]], close: str, *, trailing: bool
+    ) -> tuple[list[T], int]:
+        """Comma-separated items from ``pos``; (items, where the list stopped)."""
+        items: list[T] = []
+        while True:
+            item, end = parse(pos)
+            items.append(item)
+            pos = self.ws(end)
+            if self.char(pos) != ",":
+                return items, pos
+            pos = self.ws(pos + 1)
+            if trailing and self.char(pos) == close:
+                return items, pos
 
     def object(self, pos: int) -> tuple[s.Node, int]:
         pos = self.ws(pos + 1)
@@ -635,15 +644,7 @@ class _Parser:
         """Arguments from ``pos`` (just inside the parenthesis) to after the ``)``."""
         args: list[s.Node] = []
         if self.char(pos) != ")":
-            while True:
-                arg, end, _ = self.expr(pos, 0)
-                args.append(arg)
-                pos = self.ws(end)
-                if self.char(pos) != ",":
-                    break
-                pos = self.ws(pos + 1)
-                if self.char(pos) == ")":
-                    break
+            args, pos = self.items(pos, self.item, ")", trailing=True)
         if self.char(pos) != ")":
             self.fail('Expected ")" after function arguments', pos)
         return args, pos + 1
