@@ -1,9 +1,7 @@
 """A fetched document's media slots, parsed from the GROQ result at the boundary.
 
-Field names written onto each media object (image/file field or array item):
-``filestackHandle``, ``filestackUrl``, ``filestackSize``, ``filestackMimeType``, and
-``filestackSourceAsset``: the Sanity asset id the handle was made from, so that an
-editor replacing the image is noticed.
+The fields read and written are those of the table in ``media.py``; the dataclasses
+here hold them under the table's attribute names.
 """
 
 from __future__ import annotations
@@ -17,15 +15,9 @@ import pydantic
 
 from cms_sync.errors import InvalidResponse
 from cms_sync.mapping import MediaField, MediaMapping
+from cms_sync.media import ASSET, HANDLE, MIME_TYPE, SIZE, SOURCE_ASSET, URL, WRITTEN, Field
 
-HANDLE = "filestackHandle"
-URL = "filestackUrl"
-SIZE = "filestackSize"
-MIME_TYPE = "filestackMimeType"
-SOURCE_ASSET = "filestackSourceAsset"
-
-SLOT_FIELDS = (HANDLE, URL, SIZE, MIME_TYPE, SOURCE_ASSET)
-ASSET_FIELDS = ("_id", "url", "originalFilename", "mimeType", "size", "sha1hash", "extension")
+__all__ = ["HANDLE", "MIME_TYPE", "SIZE", "SOURCE_ASSET", "URL", "Asset", "Document", "Slot"]
 
 
 @dataclass(frozen=True)
@@ -74,26 +66,26 @@ class Document:
     slots: tuple[Slot, ...]
 
 
-class _AssetModel(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="ignore")
-    id: str = pydantic.Field(alias="_id")
-    url: str | None = None
-    originalFilename: str | None = None
-    mimeType: str | None = None
-    size: int | None = None
-    sha1hash: str | None = None
-    extension: str | None = None
+def _model(name: str, fields: tuple[Field, ...], **extra: Any) -> type[pydantic.BaseModel]:
+    """A pydantic model reading ``fields`` by their wire names into their attributes."""
+    definitions: dict[str, Any] = {
+        f.attr: (f.type | None, pydantic.Field(default=None, alias=f.wire)) for f in fields
+    }
+    return pydantic.create_model(
+        name,
+        __config__=pydantic.ConfigDict(extra="ignore", populate_by_name=False),
+        **definitions,
+        **extra,
+    )
 
 
-class _SlotModel(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="ignore")
-    key: str | None = pydantic.Field(default=None, alias="_key")
-    filestackHandle: str | None = None
-    filestackUrl: str | None = None
-    filestackSize: int | None = None
-    filestackMimeType: str | None = None
-    filestackSourceAsset: str | None = None
-    asset: _AssetModel | None = None
+_AssetModel = _model("_AssetModel", ASSET[1:], id=(str, pydantic.Field(alias="_id")))
+_SlotModel = _model(
+    "_SlotModel",
+    WRITTEN,
+    key=(str | None, pydantic.Field(default=None, alias="_key")),
+    asset=(_AssetModel | None, None),
+)
 
 
 class _DocumentModel(pydantic.BaseModel):
@@ -104,29 +96,17 @@ class _DocumentModel(pydantic.BaseModel):
     updatedAt: str | None = pydantic.Field(default=None, alias="_updatedAt")
 
 
-def _slot(field: str, raw: _SlotModel, *, is_array_item: bool) -> Slot:
+def _slot(field: str, raw: pydantic.BaseModel, *, is_array_item: bool) -> Slot:
+    raw_asset = getattr(raw, "asset", None)
     asset = None
-    if raw.asset is not None:
-        a = raw.asset
-        asset = Asset(
-            id=a.id,
-            url=a.url,
-            original_filename=a.originalFilename,
-            mime_type=a.mimeType,
-            size=a.size,
-            sha1hash=a.sha1hash,
-            extension=a.extension,
-        )
+    if raw_asset is not None:
+        asset = Asset(**{f.attr: getattr(raw_asset, f.attr) for f in ASSET})
     return Slot(
         field=field,
-        key=raw.key if is_array_item else None,
+        key=getattr(raw, "key", None) if is_array_item else None,
         is_array_item=is_array_item,
         asset=asset,
-        handle=raw.filestackHandle,
-        url=raw.filestackUrl,
-        size=raw.filestackSize,
-        mime_type=raw.filestackMimeType,
-        source_asset=raw.filestackSourceAsset,
+        **{f.attr: getattr(raw, f.attr) for f in WRITTEN},
     )
 
 

@@ -11,20 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cms_sync.document import HANDLE, MIME_TYPE, SIZE, SOURCE_ASSET, URL
+from cms_sync.media import WRITTEN
 from cms_sync.planner import Action, Plan
 from cms_sync.records import StoredAsset
 
 
 def slot_values(record: StoredAsset) -> dict[str, Any]:
     """The fields written onto a media object for a stored asset."""
-    return {
-        HANDLE: record.handle,
-        URL: record.url,
-        SIZE: record.size,
-        MIME_TYPE: record.mime_type,
-        SOURCE_ASSET: record.asset_id,
-    }
+    return {f.wire: getattr(record, f.stored) for f in WRITTEN if f.stored is not None}
 
 
 def build_patch(plan: Plan, stored: Mapping[str, StoredAsset]) -> dict[str, Any] | None:

@@ -34,11 +34,11 @@ from cms_sync.errors import (
     UnmappedType,
 )
 from cms_sync.filestack import FilestackClient
-from cms_sync.groq import build_document_query
 from cms_sync.jobs import RetrySchedule
 from cms_sync.mapping import MediaMapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import Action, Plan, plan_document
+from cms_sync.queries import build_document_query
 from cms_sync.records import AssetRecords, StoredAsset, StoreGate
 from cms_sync.retry import RetryPolicy, store_may_have_happened
 from cms_sync.sanity import SanityClient

@@ -1,4 +1,4 @@
-"""GROQ: a parser and evaluator (the engine), and the worker's query builder.
+"""GROQ: a parser and evaluator. A leaf: it imports nothing else of cms_sync.
 
 The engine's API is a contract, held fixed: ``parse(query, params)`` returns a tree and
 raises :class:`GroqSyntaxError` (with ``.position``) on bad text; ``evaluate(query_or_tree,
@@ -9,16 +9,13 @@ reference implementation; ``tests/groq/`` holds the cases recorded from it.
 from cms_sync.groq.errors import GroqError, GroqEvaluationError, GroqSyntaxError
 from cms_sync.groq.evaluator import evaluate
 from cms_sync.groq.parser import parse
-from cms_sync.groq.query import DocumentQuery, build_document_query
 from cms_sync.groq.syntax import Query
 
 __all__ = [
-    "DocumentQuery",
     "GroqError",
     "GroqEvaluationError",
     "GroqSyntaxError",
     "Query",
-    "build_document_query",
     "evaluate",
     "parse",
 ]

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from cms_sync.document import ASSET_FIELDS, SLOT_FIELDS
 from cms_sync.errors import ConfigError
-from cms_sync.groq.errors import GroqSyntaxError
-from cms_sync.groq.parser import parse
+from cms_sync.groq import GroqSyntaxError, parse
 from cms_sync.mapping import MediaField, MediaMapping
+from cms_sync.media import ASSET, WRITTEN
 
 
 @dataclass(frozen=True)
@@ -30,12 +29,12 @@ class DocumentQuery:
 
 
 def asset_projection() -> str:
-    return "asset->{" + ", ".join(ASSET_FIELDS) + "}"
+    return "asset->{" + ", ".join(f.wire for f in ASSET) + "}"
 
 
 def slot_projection(field: MediaField) -> str:
     """``mainImage{filestackHandle, ..., asset->{...}}`` or ``gallery[]{_key, ...}``."""
-    inner = ", ".join(SLOT_FIELDS) + ", " + asset_projection()
+    inner = ", ".join(f.wire for f in WRITTEN) + ", " + asset_projection()
     if field.is_array:
         return f"{field.name}[]{{_key, {inner}}}"
     return f"{field.name}{{{inner}}}"

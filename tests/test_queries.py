@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from cms_sync.groq import build_document_query, evaluate
+from cms_sync.groq import evaluate
 from cms_sync.mapping import default_mapping, mapping_from_data
+from cms_sync.queries import build_document_query
 from fakes import FIXTURES, FakeContentLake, load_fixture
 
 RECORDED = sorted(p.stem for p in (FIXTURES / "sanity" / "query").glob("*.json"))
