@@ -72,7 +72,8 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (not a name that may resolve to one)."""
     if host == "localhost":
         return True
     try:
@@ -101,7 +102,7 @@ def refusal_reason(url: str, allowed: tuple[AllowedHost, ...]) -> str | None:
         return split
     parts, port = split
     host = (parts.hostname or "").rstrip(".")
-    if parts.scheme != "https" and not _is_loopback(host):
+    if parts.scheme != "https" and not is_loopback(host):
         return "plain http is only accepted for loopback hosts"
     path = parts.path or "/"
     problem = _path_problem(path)
