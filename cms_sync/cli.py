@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
@@ -395,10 +398,7 @@ def run_groq(
         except json.JSONDecodeError:
             hint = "quote strings: '\"x\"'"
             raise ConfigError(f"--param {name}: {value!r} is not JSON ({hint})") from None
-    try:
-        documents = parse_export(dataset_text) if dataset_text is not None else []
-    except DatasetError as exc:
-        raise ConfigError(f"--dataset: {exc}") from None
+    documents = _parse_export(dataset_text, "--dataset") if dataset_text is not None else []
     try:
         result = groq.evaluate(query, documents, params)
     except groq.GroqSyntaxError as exc:
@@ -412,17 +412,100 @@ def run_groq(
     return EXIT_OK
 
 
+def _read_text(path: str | None, option: str) -> str | None:
+    """The text of the file at ``path`` (``-`` is stdin), or None without a path."""
+    if path is None:
+        return None
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror}") from None
+
+
+def _parse_export(text: str, option: str) -> list[dict[str, Any]]:
+    try:
+        return parse_export(text)
+    except DatasetError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
 def _cmd_groq(args: argparse.Namespace) -> int:
-    text: str | None = None
-    if args.dataset == "-":
-        text = sys.stdin.read()
-    elif args.dataset is not None:
-        try:
-            with open(args.dataset, encoding="utf-8") as file:
-                text = file.read()
-        except OSError as exc:
-            raise ConfigError(f"--dataset: cannot read {args.dataset}: {exc.strerror}") from None
+    text = _read_text(args.dataset, "--dataset")
     return run_groq(args.query, text, args.param, out=sys.stdout, err=sys.stderr)
+
+
+def run_emulate(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    *,
+    out: TextIO,
+    stop: threading.Event,
+) -> int:
+    """``cms-sync emulate``: both emulators until ``stop`` is set."""
+    # Imported here: the other commands start faster without them.
+    from cms_sync.emulators import SANITY_LIMITS, Faults, Webhook
+    from cms_sync.emulators.running import running as run_emulators
+
+    text = _read_text(args.data, "--data")
+    documents = _parse_export(text, "--data") if text is not None else []
+    try:
+        groq.parse(args.webhook_filter, mode="delta")
+    except groq.GroqSyntaxError as exc:
+        where = f"column {exc.column}"
+        raise ConfigError(f"--webhook-filter: {exc.message} at {where}") from None
+    faults = Faults(rate_limits=SANITY_LIMITS) if args.rate_limits else None
+    with run_emulators(
+        documents,
+        sanity_port=args.sanity_port,
+        filestack_port=args.filestack_port,
+        sanity_faults=faults,
+        project_id=env.get("SANITY_PROJECT_ID") or "cmsdemo",
+        dataset=env.get("SANITY_DATASET") or "production",
+        token=env.get("SANITY_WRITE_TOKEN") or secrets.token_urlsafe(18),
+        api_key=env.get("FILESTACK_API_KEY") or "emulator-key",
+        app_secret=env.get("FILESTACK_APP_SECRET") or None,
+    ) as emu:
+        if args.webhook:
+            emu.lake.add_webhook(
+                Webhook(
+                    args.webhook,
+                    secret=env.get("SANITY_WEBHOOK_SECRET") or None,
+                    filter=args.webhook_filter,
+                    projection="{_id, _type, _rev}",
+                )
+            )
+        print(f"Content Lake emulator on {emu.sanity_url} ({len(documents)} documents)", file=out)
+        print(f"Filestack emulator on {emu.filestack_url}", file=out)
+        print("A worker uses them with these settings:", file=out)
+        for name, value in emu.worker_env().items():
+            if name in _CREDENTIALS and env.get(name):
+                print(f"  # {name}: the one in your environment", file=out)
+            else:
+                print(f"  {name}={value}", file=out)
+        out.flush()
+        stop.wait()
+    return EXIT_OK
+
+
+#: Printed only when the emulator made them up; a configured credential is never printed.
+_CREDENTIALS = ("SANITY_WRITE_TOKEN", "FILESTACK_API_KEY", "FILESTACK_APP_SECRET")
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return run_emulate(args, os.environ, out=sys.stdout, stop=stop)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cms_sync.demo import run_demo
+
+    configure_logging(level="warning")
+    return asyncio.run(run_demo(sys.stdout, within=args.timeout, keep_running=args.keep_running))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,6 +578,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="a $NAME parameter, as JSON (repeatable)",
     )
     groq_cmd.set_defaults(func=_cmd_groq)
+
+    emulate = commands.add_parser(
+        "emulate",
+        help="run the Content Lake and Filestack emulators on local ports",
+        description=(
+            "Serve Sanity's query, mutate and doc APIs, asset URLs and webhooks, and "
+            "Filestack's store-from-URL, on 127.0.0.1. Credentials come from "
+            "SANITY_WRITE_TOKEN, SANITY_DATASET, SANITY_PROJECT_ID, FILESTACK_API_KEY and "
+            "FILESTACK_APP_SECRET when set, so a worker's own settings work."
+        ),
+    )
+    emulate.add_argument("--sanity-port", type=int, default=3333, metavar="P")
+    emulate.add_argument("--filestack-port", type=int, default=3334, metavar="Q")
+    emulate.add_argument("--data", metavar="FILE", help="NDJSON export or JSON array to load")
+    emulate.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="deliver a signed webhook here (secret: SANITY_WEBHOOK_SECRET)",
+    )
+    emulate.add_argument(
+        "--webhook-filter",
+        default='_type in ["product", "post"]',
+        metavar="GROQ",
+        help="the webhook's filter, in delta mode",
+    )
+    emulate.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="answer 429 above Sanity's 25 mutate requests and 500 calls per second",
+    )
+    emulate.set_defaults(func=_cmd_emulate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole loop on this machine: emulators, service, a small catalogue",
+        description=(
+            "Start both emulators and the service, publish a small catalogue, and exit 0 "
+            "once every document carries its Filestack fields. No credentials, no network."
+        ),
+    )
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+    demo.add_argument("--keep-running", action="store_true", help="keep everything up afterwards")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
