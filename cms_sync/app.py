@@ -17,10 +17,10 @@ import structlog
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from cms_sync.backoff import Backoff
 from cms_sync.errors import ConfigError
 from cms_sync.handlers.health import healthz, readyz
 from cms_sync.handlers.webhooks import sanity_webhook
-from cms_sync.jobs import RetrySchedule
 from cms_sync.mapping import MediaMapping
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
@@ -42,7 +42,7 @@ def worker_options(settings: JobSettings) -> WorkerOptions:
         shutdown_grace=settings.cms_sync_shutdown_grace,
         read_retries=settings.cms_sync_read_retries,
         read_retry_delay=settings.cms_sync_read_retry_delay,
-        schedule=RetrySchedule(
+        schedule=Backoff(
             base=settings.cms_sync_job_backoff,
             maximum=settings.cms_sync_job_backoff_max,
             max_attempts=settings.cms_sync_job_max_attempts,

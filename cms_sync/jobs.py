@@ -1,4 +1,4 @@
-"""Durable sync jobs: the interface the worker and the CLI use, and the retry schedule.
+"""Durable sync jobs: the interface the worker and the CLI use.
 
 A job asks for one document to be synced. States::
 
@@ -21,9 +21,8 @@ Guarantees every implementation keeps (the contract tests in tests/test_jobs.py)
 from __future__ import annotations
 
 import enum
-import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from cms_sync.records import AssetRecords
@@ -108,32 +107,6 @@ class StoreStats:
     #: Assets whose last store went unanswered (or is in flight) and that have no record.
     unanswered_stores: int = 0
     running: tuple[RunningJob, ...] = ()  # oldest first
-
-
-@dataclass(frozen=True)
-class RetrySchedule:
-    """Exponential backoff with jitter; the default spans about an hour (11 attempts)."""
-
-    base: float = 10.0
-    factor: float = 2.0
-    maximum: float = 900.0
-    max_attempts: int = 11
-    jitter: float = 0.2  # each delay is scaled by a random factor in [1 - j, 1 + j]
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-
-    def nominal_delay(self, attempts: int) -> float:
-        """Delay after the ``attempts``-th failed attempt, before jitter."""
-        return float(min(self.maximum, self.base * self.factor ** max(0, attempts - 1)))
-
-    def delay(self, attempts: int) -> float:
-        return self.nominal_delay(attempts) * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
-
-    def exhausted(self, attempts: int) -> bool:
-        return attempts >= self.max_attempts
-
-    def span(self) -> float:
-        """Seconds from the first attempt to the last, before jitter."""
-        return sum(self.nominal_delay(n) for n in range(1, self.max_attempts))
 
 
 class JobStore(Protocol):

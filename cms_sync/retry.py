@@ -1,20 +1,21 @@
 """Retry policy as data: which errors are safe to retry, how long to wait, how to sleep.
 
 Each outbound call gets a tenacity ``AsyncRetrying`` built from a :class:`RetryPolicy`
-and a predicate saying what is safe for that call. ``sleep`` is injected so tests run
+and a predicate saying what is safe for that call. The waits follow a
+:class:`~cms_sync.backoff.Backoff` (full jitter); ``sleep`` is injected so tests run
 retries without waiting; a ``retry-after`` from the server wins over the backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from cms_sync.backoff import Backoff
 from cms_sync.errors import (
     ConnectError,
     RateLimited,
@@ -29,24 +30,26 @@ log = structlog.get_logger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def request_backoff(*, attempts: int = 4, initial: float = 0.5) -> Backoff:
+    """Within one call: up to ``attempts`` tries, waits of up to ``initial``, doubling to
+    8 s, with full jitter (many requests failing together must not retry together)."""
+    return Backoff(base=initial, maximum=8.0, max_attempts=attempts, full_jitter=True)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter."""
+    """Bounded retries of one request along a backoff, honouring ``retry-after``."""
 
-    attempts: int = 4
-    initial: float = 0.5
-    maximum: float = 8.0
+    backoff: Backoff = field(default_factory=request_backoff)
     #: Longest ``retry-after`` honoured; a server asking for more gets this much.
     max_retry_after: float = 30.0
     sleep: Sleep = asyncio.sleep
-    rng: random.Random = field(default_factory=random.Random)
 
     def wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RemoteError) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_retry_after)
-        ceiling = min(self.maximum, self.initial * 2 ** (state.attempt_number - 1))
-        return self.rng.uniform(0, ceiling)
+        return self.backoff.delay(state.attempt_number)
 
     def retrying(self, safe: Callable[[BaseException], bool], *, operation: str) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
@@ -60,7 +63,7 @@ class RetryPolicy:
             )
 
         return AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
+            stop=stop_after_attempt(self.backoff.max_attempts),
             wait=self.wait,
             retry=retry_if_exception(safe),
             sleep=self.sleep,

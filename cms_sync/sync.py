@@ -20,6 +20,7 @@ import structlog
 
 from cms_sync import filestack, sanity
 from cms_sync.allowlist import AllowedHost
+from cms_sync.backoff import Backoff
 from cms_sync.document import Asset, parse_document
 from cms_sync.errors import (
     AmbiguousStore,
@@ -34,13 +35,12 @@ from cms_sync.errors import (
     UnmappedType,
 )
 from cms_sync.filestack import FilestackClient
-from cms_sync.jobs import RetrySchedule
 from cms_sync.mapping import MediaMapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import Action, Plan, plan_document
 from cms_sync.queries import build_document_query
 from cms_sync.records import AssetRecords, StoredAsset, StoreGate
-from cms_sync.retry import RetryPolicy, store_may_have_happened
+from cms_sync.retry import RetryPolicy, request_backoff, store_may_have_happened
 from cms_sync.sanity import SanityClient
 from cms_sync.scrub import Scrubber
 from cms_sync.settings import SyncSettings
@@ -98,7 +98,7 @@ class Syncer:
         records: AssetRecords,
         store_concurrency: int = 4,
         max_replans: int = 3,
-        ambiguity: RetrySchedule | None = None,
+        ambiguity: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """
@@ -115,7 +115,7 @@ class Syncer:
         self._store_slots = asyncio.Semaphore(store_concurrency)
         self._max_replans = max_replans
         self._inflight: dict[str, asyncio.Future[StoredAsset]] = {}
-        self._ambiguity = ambiguity or RetrySchedule(base=30.0, max_attempts=3)
+        self._ambiguity = ambiguity or Backoff(base=30.0, max_attempts=3)
         self._clock = clock
 
     async def plan(self, document_id: str, *, not_before: float | None = None) -> Plan:
@@ -294,7 +294,9 @@ class Syncer:
 
 def retry_policy(settings: SyncSettings) -> RetryPolicy:
     return RetryPolicy(
-        attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
+        request_backoff(
+            attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
+        )
     )
 
 
@@ -330,7 +332,7 @@ async def open_syncer(
             records=records,
             store_concurrency=settings.cms_sync_store_concurrency,
             max_replans=settings.cms_sync_max_replans,
-            ambiguity=RetrySchedule(
+            ambiguity=Backoff(
                 base=settings.cms_sync_ambiguous_store_backoff,
                 max_attempts=settings.cms_sync_ambiguous_store_max,
             ),

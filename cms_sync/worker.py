@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from cms_sync.backoff import Backoff
 from cms_sync.errors import (
     AmbiguousStore,
     AuthenticationError,
@@ -38,7 +39,7 @@ from cms_sync.errors import (
     UnavailableError,
     UnmappedType,
 )
-from cms_sync.jobs import Job, JobStore, RetrySchedule
+from cms_sync.jobs import Job, JobStore
 from cms_sync.scrub import Scrubber
 from cms_sync.sync import Syncer, SyncReport
 
@@ -119,7 +120,7 @@ class WorkerOptions:
     shutdown_grace: float = 25.0
     read_retries: int = 3
     read_retry_delay: float = 2.0
-    schedule: RetrySchedule = field(default_factory=RetrySchedule)
+    schedule: Backoff = field(default_factory=Backoff)  # about an hour in 11 attempts
 
 
 class Worker:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore, RetrySchedule
+from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore
 from cms_sync.jobstore.postgres import PostgresJobStore
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import StoredAsset
@@ -308,18 +307,3 @@ async def test_prune_forgets_old_delivery_keys(store: JobStore) -> None:
     await store.prune(before=50)
     assert not (await store.accept("old", [ev("a")], now=101)).duplicate
     assert (await store.accept("new", [ev("b")], now=101)).duplicate
-
-
-def test_default_schedule_spans_about_an_hour() -> None:
-    schedule = RetrySchedule()
-    assert [schedule.nominal_delay(n) for n in range(1, 5)] == [10, 20, 40, 80]
-    assert schedule.nominal_delay(20) == 900
-    assert 50 * 60 <= schedule.span() <= 75 * 60
-    assert not schedule.exhausted(10) and schedule.exhausted(11)
-
-
-def test_jitter_stays_within_its_band() -> None:
-    schedule = RetrySchedule(rng=random.Random(7))
-    delays = [schedule.delay(3) for _ in range(200)]
-    assert all(32 <= d <= 48 for d in delays)
-    assert len({round(d, 3) for d in delays}) > 100

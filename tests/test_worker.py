@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cms_sync.backoff import Backoff
 from cms_sync.errors import (
     AuthenticationError,
     ConnectError,
@@ -22,7 +23,7 @@ from cms_sync.errors import (
     StaleRead,
     UnmappedType,
 )
-from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, RetrySchedule
+from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
 from cms_sync.sync import SlotFailure, SyncReport, open_syncer
@@ -65,7 +66,7 @@ class Rig:
         return await self.store.run(read)
 
 
-SCHEDULE = RetrySchedule(base=10, maximum=900, max_attempts=4, jitter=0.2, rng=random.Random(1))
+SCHEDULE = Backoff(base=10, maximum=900, max_attempts=4, jitter=0.2, rng=random.Random(1))
 
 
 @asynccontextmanager

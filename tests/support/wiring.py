@@ -15,7 +15,7 @@ import httpx
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
 from cms_sync.records import AssetRecords, MemoryAssetRecords
-from cms_sync.retry import RetryPolicy
+from cms_sync.retry import RetryPolicy, request_backoff
 from cms_sync.settings import Settings
 from cms_sync.sync import Syncer, open_syncer
 from fakes import FakeContentLake, FakeFilestack
@@ -86,7 +86,7 @@ class Sleeps:
 
 
 def no_wait_policy(sleeps: Sleeps | None = None, attempts: int = 4) -> RetryPolicy:
-    return RetryPolicy(attempts=attempts, sleep=sleeps or Sleeps())
+    return RetryPolicy(request_backoff(attempts=attempts), sleep=sleeps or Sleeps())
 
 
 @asynccontextmanager
