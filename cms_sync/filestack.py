@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from cms_sync import __version__
 from cms_sync.errors import InvalidResponse, ResponseTimeout, excerpt
+from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.retry import RetryPolicy, store_is_safe
 from cms_sync.scrub import Scrubber
 from cms_sync.settings import FilestackSettings
@@ -134,8 +135,10 @@ class FilestackClient:
         clock: Callable[[], float] = time.time,
         deadline: float = 120.0 * _DEADLINE_FACTOR,
         scrub: Scrubber | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._http = http
+        self._limiter = limiter or RateLimiter.unlimited()
         self._api_key = api_key
         self._process_url = process_url
         self._location = location
@@ -156,6 +159,7 @@ class FilestackClient:
         settings: FilestackSettings,
         *,
         retry: RetryPolicy | None = None,
+        limiter: RateLimiter | None = None,
     ) -> FilestackClient:
         return cls(
             http,
@@ -167,6 +171,7 @@ class FilestackClient:
             retry=retry,
             deadline=settings.cms_sync_filestack_timeout * _DEADLINE_FACTOR,
             scrub=Scrubber(settings.secret_values()),
+            limiter=limiter,
         )
 
     def storage_key(self, asset_id: str, extension: str | None) -> str:
@@ -234,6 +239,10 @@ class FilestackClient:
             self._process_url,
             json=self.store_body(source_url, filename=filename, tags=tags, key=key),
         )
+        # Before the deadline starts: a store that waited out its turn was never sent, and
+        # must not be taken for one whose answer was lost. A retry (of a request that was
+        # never sent) takes no second token.
+        await self._limiter.acquire(Limit.FILESTACK_STORE)
         try:
             async with asyncio.timeout(self.deadline):
                 async for attempt in self._retry.retrying(

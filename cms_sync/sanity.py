@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 
 from cms_sync import __version__
-from cms_sync.errors import InvalidResponse
+from cms_sync.errors import InvalidResponse, RateLimited
+from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.retry import RetryPolicy, guarded_mutation_is_safe, query_is_safe
 from cms_sync.scrub import Scrubber
 from cms_sync.settings import SanitySettings
@@ -90,13 +91,17 @@ class SanityClient:
         max_get_url: int = MAX_GET_URL,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         scrub: Scrubber | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         """
         Args:
             scrub: the configured secrets, scrubbed from errors built from answers (the
                 request's bearer token always is).
+            limiter: the process's rate limits; every request (each retry too) takes a
+                ``sanity.call`` token, and a mutation a ``sanity.mutate`` one as well.
         """
         self._http = http
+        self._limiter = limiter or RateLimiter.unlimited()
         self._scrub = scrub
         self._dataset = dataset
         self._retry = retry or RetryPolicy()
@@ -127,7 +132,7 @@ class SanityClient:
         request = self.query_request(query, params)
         async for attempt in self._retry.retrying(query_is_safe, operation="sanity_query"):
             with attempt:
-                reply = await self._send(request)
+                reply = await self._send(request, Limit.SANITY_CALL)
         body = json_body(reply, service=SERVICE)
         if not isinstance(body, dict) or "result" not in body:
             raise InvalidResponse(SERVICE, reply.status, "query response has no 'result'")
@@ -152,7 +157,7 @@ class SanityClient:
             guarded_mutation_is_safe, operation="sanity_mutate"
         ):
             with attempt:
-                reply = await self._send(request)
+                reply = await self._send(request, Limit.SANITY_MUTATE, Limit.SANITY_CALL)
         body = json_body(reply, service=SERVICE)
         if not isinstance(body, dict) or not isinstance(body.get("results"), list):
             raise InvalidResponse(SERVICE, reply.status, "mutate response has no 'results'")
@@ -160,7 +165,10 @@ class SanityClient:
             transaction_id=str(body.get("transactionId", "")), results=body["results"]
         )
 
-    async def _send(self, request: httpx.Request) -> Reply:
+    async def _send(self, request: httpx.Request, *limits: Limit) -> Reply:
+        """One request, after the rate limits it counts against (the first is the one a
+        429 is charged to)."""
+        await self._limiter.acquire(*limits)
         reply = await send(
             self._http,
             request,
@@ -168,5 +176,9 @@ class SanityClient:
             max_bytes=self._max_response_bytes,
             scrub=self._scrub,
         )
-        raise_for_status(reply, service=SERVICE, parse_error=parse_error)
+        try:
+            raise_for_status(reply, service=SERVICE, parse_error=parse_error)
+        except RateLimited as exc:
+            self._limiter.throttled(limits[0], exc.retry_after)
+            raise
         return reply

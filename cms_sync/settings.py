@@ -110,6 +110,10 @@ class SanitySettings(_Section):
     sanity_write_token: SecretStr
     sanity_api_host: str | None = None
     cms_sync_sanity_timeout: float = Field(default=30.0, gt=0, le=600)
+    #: Client-side limits per process (Sanity allows 25 mutate requests and 500 calls a
+    #: second per client IP; replicas behind one IP should share these).
+    cms_sync_sanity_mutate_rate: float = Field(default=20.0, gt=0, le=1000)
+    cms_sync_sanity_call_rate: float = Field(default=400.0, gt=0, le=10_000)
 
     @field_validator("sanity_api_version", mode="before")
     @classmethod
@@ -141,6 +145,8 @@ class FilestackSettings(_Section):
     #: Folder of stored files: each asset is stored at ``{this}{asset id}.{ext}``.
     filestack_store_path: str = "sanity/"
     cms_sync_filestack_timeout: float = Field(default=120.0, gt=0, le=900)
+    #: Store requests a second; unset, only ``CMS_SYNC_STORE_CONCURRENCY`` bounds them.
+    cms_sync_filestack_store_rate: float | None = Field(default=None, gt=0, le=10_000)
 
     @field_validator("filestack_process_url", mode="before")
     @classmethod
@@ -154,7 +160,7 @@ class SyncSettings(FilestackSettings, SanitySettings):  # Sanity's fields first
     cms_sync_config: Path | None = None
     #: None: this project's dataset on cdn.sanity.io (see ``asset_allow_list``).
     cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...] | None, NoDecode] = None
-    cms_sync_store_concurrency: int = Field(default=4, ge=1, le=64)
+    cms_sync_store_concurrency: int = Field(default=16, ge=1, le=256)
     cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
     cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
     #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.

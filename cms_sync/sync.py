@@ -39,6 +39,7 @@ from cms_sync.mapping import MediaMapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import Action, Plan, plan_document
 from cms_sync.queries import build_document_query
+from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.records import AssetRecords, StoredAsset, StoreGate
 from cms_sync.retry import RetryPolicy, request_backoff, store_may_have_happened
 from cms_sync.sanity import SanityClient
@@ -300,6 +301,17 @@ def retry_policy(settings: SyncSettings) -> RetryPolicy:
     )
 
 
+def rate_limiter(settings: SyncSettings) -> RateLimiter:
+    """The process's one limiter, for both clients."""
+    rates = {
+        Limit.SANITY_MUTATE: settings.cms_sync_sanity_mutate_rate,
+        Limit.SANITY_CALL: settings.cms_sync_sanity_call_rate,
+    }
+    if settings.cms_sync_filestack_store_rate is not None:
+        rates[Limit.FILESTACK_STORE] = settings.cms_sync_filestack_store_rate
+    return RateLimiter(rates)
+
+
 @asynccontextmanager
 async def open_syncer(
     settings: SyncSettings,
@@ -307,12 +319,14 @@ async def open_syncer(
     records: AssetRecords,
     *,
     retry: RetryPolicy | None = None,
+    limiter: RateLimiter | None = None,
     sanity_transport: httpx.AsyncBaseTransport | None = None,
     filestack_transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Syncer]:
     """A :class:`Syncer` with its two HTTP clients, closed on exit (transports for tests)."""
     retry = retry or retry_policy(settings)
+    limiter = limiter or rate_limiter(settings)
     async with (
         sanity.http_client(settings, transport=sanity_transport) as sanity_http,
         filestack.http_client(settings, transport=filestack_transport) as filestack_http,
@@ -323,9 +337,10 @@ async def open_syncer(
                 dataset=settings.sanity_dataset,
                 retry=retry,
                 scrub=Scrubber(settings.secret_values()),
+                limiter=limiter,
             ),
             filestack=filestack.FilestackClient.from_settings(
-                filestack_http, settings, retry=retry
+                filestack_http, settings, retry=retry, limiter=limiter
             ),
             mapping=mapping,
             allowed_hosts=settings.asset_allow_list,
