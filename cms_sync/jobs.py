@@ -88,6 +88,22 @@ class FailedJob:
     attempts: int
     last_error: str
     failed_at: float
+    source: JobSource = JobSource.WEBHOOK
+
+
+@dataclass(frozen=True)
+class BackfillRun:
+    """A sweep of the documents that existed before the worker, kept in the store so that
+    a killed sweep resumes after the last page it queued."""
+
+    name: str  # what is swept (the scope), e.g. "needed:post,product"
+    cursor: str | None  # the last document id queued; None before the first page
+    total: int | None  # documents in scope when the run began
+    swept: int  # documents read so far
+    queued: int  # of those, given a new job (the rest joined a pending one)
+    started_at: float
+    updated_at: float
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,25 @@ class JobStore(Protocol):
         ...
 
     async def failures(self) -> list[FailedJob]: ...
+
+    async def begin_backfill(self, name: str, *, total: int | None, now: float) -> BackfillRun:
+        """The unfinished run called ``name``, to resume; else a new one from the start."""
+        ...
+
+    async def advance_backfill(
+        self, name: str, requests: Sequence[JobRequest], *, cursor: str, now: float
+    ) -> Accepted:
+        """Queue one page's requests (as deliveries are queued: coalesced, backoffs left
+        alone) and move the run's cursor past the page, in one transaction."""
+        ...
+
+    async def finish_backfill(self, name: str, *, now: float) -> None: ...
+
+    async def backfill(self, name: str) -> BackfillRun | None: ...
+
+    async def source_counts(self, source: JobSource, *, since: float) -> dict[JobState, int]:
+        """Jobs of ``source`` created at or after ``since``, by state."""
+        ...
 
     async def stats(self, *, now: float) -> StoreStats: ...
 

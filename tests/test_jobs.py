@@ -307,3 +307,83 @@ async def test_prune_forgets_old_delivery_keys(store: JobStore) -> None:
     await store.prune(before=50)
     assert not (await store.accept("old", [ev("a")], now=101)).duplicate
     assert (await store.accept("new", [ev("b")], now=101)).duplicate
+
+
+def backfilled(*ids: str) -> list[JobRequest]:
+    return [JobRequest(i, source=JobSource.BACKFILL) for i in ids]
+
+
+async def test_a_backfill_resumes_after_its_last_queued_page(opener: Opener) -> None:
+    store = await opener()
+    run = await store.begin_backfill("needed:product", total=5, now=10)
+    assert (run.cursor, run.swept, run.total, run.finished_at) == (None, 0, 5, None)
+    await store.advance_backfill("needed:product", backfilled("a", "b"), cursor="b", now=11)
+    await store.close()
+
+    store = await opener()  # a new process, after a kill
+    try:
+        run = await store.begin_backfill("needed:product", total=99, now=20)
+        assert (run.cursor, run.swept, run.queued, run.started_at) == ("b", 2, 2, 10)
+        assert run.total == 5  # the run's own count, not the new one
+        accepted = await store.advance_backfill(
+            "needed:product", backfilled("c"), cursor="c", now=21
+        )
+        assert accepted.queued == ("c",)
+        await store.finish_backfill("needed:product", now=22)
+        done = await store.backfill("needed:product")
+        assert done is not None and done.finished_at == 22 and done.swept == 3
+
+        fresh = await store.begin_backfill("needed:product", total=3, now=30)
+        assert (fresh.cursor, fresh.swept, fresh.started_at, fresh.finished_at) == (
+            None,
+            0,
+            30,
+            None,
+        )
+        assert await store.backfill("needed:post") is None
+    finally:
+        await store.close()
+
+
+async def test_a_backfill_page_joins_pending_jobs_and_leaves_backoffs_alone(
+    store: JobStore,
+) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    job = await claim(store, now=0)
+    assert job is not None
+    await store.retry(job, now=1, run_after=500, error="503")
+    await store.accept("k2", [ev("b")], now=1)
+    await store.begin_backfill("all:product", total=None, now=2)
+    accepted = await store.advance_backfill(
+        "all:product", backfilled("a", "b", "c"), cursor="c", now=3
+    )
+    assert accepted.queued == ("c",) and set(accepted.coalesced) == {"a", "b"}
+    assert await store.next_due() == 1  # b, due since its delivery; a still waits for 500
+    latest = await store.latest_job("a")
+    assert latest is not None and latest.run_after == 500
+    run = await store.backfill("all:product")
+    assert run is not None and (run.swept, run.queued, run.cursor) == (3, 1, "c")
+
+
+async def test_jobs_are_counted_by_source_since_a_time(store: JobStore) -> None:
+    await store.accept("k", [ev("old")], now=0)
+    await store.begin_backfill("all:product", total=None, now=5)
+    await store.advance_backfill("all:product", backfilled("x", "y"), cursor="y", now=5)
+    job = await claim(store, now=6)
+    assert job is not None and job.document_id == "old"
+    job = await claim(store, now=6)
+    assert job is not None and job.source is JobSource.BACKFILL
+    await store.fail(job, now=7, error="gone")
+    counts = await store.source_counts(JobSource.BACKFILL, since=5)
+    assert counts[JobState.PENDING] == 1 and counts[JobState.FAILED] == 1
+    assert sum((await store.source_counts(JobSource.BACKFILL, since=6)).values()) == 0
+    (failed,) = await store.failures()
+    assert failed.source is JobSource.BACKFILL and failed.last_error == "gone"
+
+
+async def test_a_finished_backfill_cannot_be_advanced(store: JobStore) -> None:
+    await store.begin_backfill("all:post", total=0, now=1)
+    await store.finish_backfill("all:post", now=2)
+    with pytest.raises(ValueError, match="no unfinished backfill"):
+        await store.advance_backfill("all:post", backfilled("a"), cursor="a", now=3)
+    assert await store.latest_job("a") is None  # nothing queued either

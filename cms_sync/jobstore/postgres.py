@@ -43,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.jobs import (
     Accepted,
+    BackfillRun,
     FailedJob,
     Job,
     JobRequest,
@@ -123,6 +124,17 @@ CREATE TABLE IF NOT EXISTS store_attempt_documents (
 );
 CREATE INDEX IF NOT EXISTS store_attempt_documents_doc ON store_attempt_documents (document_id);
 
+-- Sweeps of existing documents (cms-sync backfill): where each one has got to.
+CREATE TABLE IF NOT EXISTS backfills (
+    name text PRIMARY KEY,
+    cursor text,
+    total bigint,
+    swept bigint NOT NULL DEFAULT 0,
+    queued bigint NOT NULL DEFAULT 0,
+    started_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    finished_at double precision
+);
 CREATE TABLE IF NOT EXISTS probe (
     id integer PRIMARY KEY CHECK (id = 1),
     at double precision NOT NULL,
@@ -657,14 +669,96 @@ class PostgresJobStore:
             rows = await _all(
                 conn,
                 "SELECT DISTINCT ON (document_id) document_id, attempts, last_error, "
-                "updated_at FROM jobs WHERE state = 'failed' "
+                "updated_at, source FROM jobs WHERE state = 'failed' "
                 "ORDER BY document_id, updated_at DESC, id DESC",
             )
             failed = [
-                FailedJob(r["document_id"], r["attempts"], r["last_error"] or "", r["updated_at"])
+                FailedJob(
+                    r["document_id"],
+                    r["attempts"],
+                    r["last_error"] or "",
+                    r["updated_at"],
+                    JobSource(r["source"]),
+                )
                 for r in rows
             ]
             return sorted(failed, key=lambda f: f.failed_at, reverse=True)
+
+        return await self.run(read)
+
+    # -- backfill -----------------------------------------------------------------------
+    async def begin_backfill(self, name: str, *, total: int | None, now: float) -> BackfillRun:
+        async def write(conn: Conn) -> BackfillRun:
+            row = await _one(
+                conn,
+                "INSERT INTO backfills (name, cursor, total, swept, queued, started_at, "
+                "updated_at) VALUES (%(name)s, NULL, %(total)s, 0, 0, %(now)s, %(now)s) "
+                "ON CONFLICT (name) DO UPDATE SET cursor = NULL, total = excluded.total, "
+                "swept = 0, queued = 0, started_at = excluded.started_at, "
+                "updated_at = excluded.updated_at, finished_at = NULL "
+                "WHERE backfills.finished_at IS NOT NULL RETURNING *",
+                {"name": name, "total": total, "now": now},
+            )
+            if row is None:  # an unfinished run: resume it
+                row = await _one(conn, "SELECT * FROM backfills WHERE name = %s", (name,))
+            assert row is not None
+            return BackfillRun(**row)
+
+        return await self.transaction(write)
+
+    async def advance_backfill(
+        self, name: str, requests: Sequence[JobRequest], *, cursor: str, now: float
+    ) -> Accepted:
+        merged = _merge(requests)
+
+        async def write(conn: Conn) -> Accepted:
+            rows = await _all(conn, _ACCEPT_UNKEYED, {"now": now, **_arrays(merged)})
+            new = {row["document_id"]: row["new"] for row in rows}
+            queued = tuple(r.document_id for r in merged if new.get(r.document_id))
+            moved = await conn.execute(
+                "UPDATE backfills SET cursor = %s, swept = swept + %s, queued = queued + %s, "
+                "updated_at = %s WHERE name = %s AND finished_at IS NULL",
+                (cursor, len(merged), len(queued), now, name),
+            )
+            if not moved.rowcount:
+                raise ValueError(f"no unfinished backfill called {name!r}")
+            if queued:
+                await conn.execute(f"NOTIFY {CHANNEL}")
+            return Accepted(
+                queued=queued,
+                coalesced=tuple(r.document_id for r in merged if not new.get(r.document_id)),
+            )
+
+        return await self.transaction(write)
+
+    async def finish_backfill(self, name: str, *, now: float) -> None:
+        async def write(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE backfills SET finished_at = %(now)s, updated_at = %(now)s "
+                "WHERE name = %(name)s AND finished_at IS NULL",
+                {"now": now, "name": name},
+            )
+
+        await self.transaction(write)
+
+    async def backfill(self, name: str) -> BackfillRun | None:
+        async def read(conn: Conn) -> BackfillRun | None:
+            row = await _one(conn, "SELECT * FROM backfills WHERE name = %s", (name,))
+            return None if row is None else BackfillRun(**row)
+
+        return await self.run(read)
+
+    async def source_counts(self, source: JobSource, *, since: float) -> dict[JobState, int]:
+        async def read(conn: Conn) -> dict[JobState, int]:
+            counts = {state: 0 for state in JobState}
+            for row in await _all(
+                conn,
+                "SELECT state, count(*) AS n FROM jobs WHERE source = %s AND created_at >= %s "
+                "GROUP BY state",
+                (source.value, since),
+            ):
+                counts[JobState(row["state"])] = row["n"]
+            return counts
 
         return await self.run(read)
 

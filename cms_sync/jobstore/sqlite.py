@@ -26,6 +26,7 @@ import structlog
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.jobs import (
     Accepted,
+    BackfillRun,
     FailedJob,
     Job,
     JobRequest,
@@ -102,6 +103,18 @@ CREATE TABLE IF NOT EXISTS store_attempt_documents (
 CREATE INDEX IF NOT EXISTS store_attempt_documents_doc
     ON store_attempt_documents (document_id);
 
+-- Sweeps of existing documents (cms-sync backfill): where each one has got to.
+CREATE TABLE IF NOT EXISTS backfills (
+    name TEXT PRIMARY KEY,
+    cursor TEXT,
+    total INTEGER,
+    swept INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+
 -- One row rewritten by /readyz (schema 3): proof that the store can still be written.
 CREATE TABLE IF NOT EXISTS probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -126,6 +139,19 @@ def _job(row: sqlite3.Row) -> Job:
         read_retries=row["read_retries"],
         last_error=row["last_error"],
         lease_owner=row["lease_owner"],
+    )
+
+
+def _backfill(row: sqlite3.Row) -> BackfillRun:
+    return BackfillRun(
+        name=row["name"],
+        cursor=row["cursor"],
+        total=row["total"],
+        swept=row["swept"],
+        queued=row["queued"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
     )
 
 
@@ -581,13 +607,78 @@ class SQLiteJobStore:
     async def failures(self) -> list[FailedJob]:
         def read(conn: sqlite3.Connection) -> list[FailedJob]:
             rows = conn.execute(
-                "SELECT document_id, attempts, last_error, updated_at FROM jobs "
+                "SELECT document_id, attempts, last_error, updated_at, source FROM jobs "
                 "WHERE state = 'failed' ORDER BY updated_at DESC, id DESC"
             ).fetchall()
             latest: dict[str, FailedJob] = {}
             for r in rows:
-                latest.setdefault(r[0], FailedJob(r[0], r[1], r[2] or "", r[3]))
+                failed = FailedJob(r[0], r[1], r[2] or "", r[3], JobSource(r[4]))
+                latest.setdefault(r[0], failed)
             return list(latest.values())
+
+        return await self.run(read)
+
+    # -- backfill -----------------------------------------------------------------------
+    async def begin_backfill(self, name: str, *, total: int | None, now: float) -> BackfillRun:
+        def write(conn: sqlite3.Connection) -> BackfillRun:
+            row = conn.execute("SELECT * FROM backfills WHERE name = ?", (name,)).fetchone()
+            if row is None or row["finished_at"] is not None:
+                conn.execute(
+                    "INSERT INTO backfills (name, cursor, total, swept, queued, started_at, "
+                    "updated_at) VALUES (?, NULL, ?, 0, 0, ?, ?) ON CONFLICT (name) DO UPDATE "
+                    "SET cursor = NULL, total = excluded.total, swept = 0, queued = 0, "
+                    "started_at = excluded.started_at, updated_at = excluded.updated_at, "
+                    "finished_at = NULL",
+                    (name, total, now, now),
+                )
+                row = conn.execute("SELECT * FROM backfills WHERE name = ?", (name,)).fetchone()
+            return _backfill(row)
+
+        return await self.transaction(write)
+
+    async def advance_backfill(
+        self, name: str, requests: Sequence[JobRequest], *, cursor: str, now: float
+    ) -> Accepted:
+        def write(conn: sqlite3.Connection) -> Accepted:
+            accepted = _queue(conn, requests, now=now, clear_failed=False)
+            moved = conn.execute(
+                "UPDATE backfills SET cursor = ?, swept = swept + ?, queued = queued + ?, "
+                "updated_at = ? WHERE name = ? AND finished_at IS NULL",
+                (cursor, len(requests), len(accepted.queued), now, name),
+            ).rowcount
+            if not moved:
+                raise ValueError(f"no unfinished backfill called {name!r}")
+            return accepted
+
+        return await self.transaction(write)
+
+    async def finish_backfill(self, name: str, *, now: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE backfills SET finished_at = ?, updated_at = ? "
+                "WHERE name = ? AND finished_at IS NULL",
+                (now, now, name),
+            )
+
+        await self.transaction(write)
+
+    async def backfill(self, name: str) -> BackfillRun | None:
+        def read(conn: sqlite3.Connection) -> BackfillRun | None:
+            row = conn.execute("SELECT * FROM backfills WHERE name = ?", (name,)).fetchone()
+            return None if row is None else _backfill(row)
+
+        return await self.run(read)
+
+    async def source_counts(self, source: JobSource, *, since: float) -> dict[JobState, int]:
+        def read(conn: sqlite3.Connection) -> dict[JobState, int]:
+            counts = {state: 0 for state in JobState}
+            for state, n in conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE source = ? AND created_at >= ? "
+                "GROUP BY state",
+                (source.value, since),
+            ):
+                counts[JobState(state)] = n
+            return counts
 
         return await self.run(read)
 
