@@ -59,6 +59,12 @@ def _mutation_error(index: int, status: int, item: dict[str, Any]) -> _Failed:
     return _Failed(status, {"error": {**body, "items": [{"index": index, "error": item}]}})
 
 
+def _is_asset(request: httpx.Request) -> bool:
+    return request.method in ("GET", "HEAD") and request.url.path.startswith(
+        ("/images/", "/files/")
+    )
+
+
 Changes = dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]
 
 
@@ -117,11 +123,17 @@ class ContentLake:
         if self.asset_base is not None:
             self.documents = {i: self._local(d) for i, d in self.documents.items()}
         inner: Handler = self._serve
-        self._handler = (
-            inner
-            if self.faults is None
-            else self.faults.wrap(inner, is_mutation=lambda r: "/data/mutate/" in r.url.path)
-        )
+        if self.faults is None:
+            self._handler = inner
+            return
+        faulty = self.faults.wrap(inner, is_mutation=lambda r: "/data/mutate/" in r.url.path)
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            # Faults are the API's: asset bytes come from Sanity's CDN, another service
+            # with limits of its own, so they are served as they are.
+            return inner(request) if _is_asset(request) else faulty(request)
+
+        self._handler = handler
 
     def _check(self, webhook: Webhook) -> None:
         if not webhook.url:
@@ -150,7 +162,7 @@ class ContentLake:
             if self.scripted:
                 return self.scripted.pop(0)(request)
         path = request.url.path
-        if request.method in ("GET", "HEAD") and path.startswith(("/images/", "/files/")):
+        if _is_asset(request):
             return self._asset(path)
         match = _DATA.match(path)
         if match is None:
