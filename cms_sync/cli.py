@@ -21,8 +21,9 @@ from typing import Any, TextIO, TypeVar
 
 import structlog
 
-from cms_sync import __version__, groq, operations
+from cms_sync import __version__, groq, operations, sanity
 from cms_sync.app import check_settings, create_app, worker_options
+from cms_sync.backfill import Backfill, Progress, Tally, format_progress, scope_for
 from cms_sync.dataset import DatasetError, parse_export
 from cms_sync.deliveries import shown_id
 from cms_sync.errors import (
@@ -31,7 +32,7 @@ from cms_sync.errors import (
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import JobState
+from cms_sync.jobs import Job, JobState
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.operations import ReplayNow, ReplayRun, iso, usable_id
@@ -46,7 +47,8 @@ from cms_sync.settings import (
     load_settings,
 )
 from cms_sync.storage import Storage, open_storage, shown_database
-from cms_sync.sync import SyncReport, open_syncer
+from cms_sync.sync import SyncReport, open_syncer, rate_limiter, retry_policy
+from cms_sync.worker import Worker
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -199,6 +201,120 @@ class ReplayHere:
                 print(scrub(format_replay_run(run)), file=out, flush=True)
                 failed += 0 if run.ok else 1
         return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+async def run_backfill(
+    settings: SyncCommandSettings | Settings,
+    mapping: MediaMapping,
+    *,
+    types: Sequence[str],
+    everything: bool,
+    dry_run: bool,
+    limit: int | None,
+    now: bool,
+    out: TextIO,
+    tty: bool | None = None,
+    progress_every: float = 5.0,
+    page_size: int = 200,
+    poll: float = 0.5,
+) -> int:
+    """Sweep the dataset into the job store; ``now``: run the jobs here as well."""
+    scope = scope_for(mapping, types, everything=everything)
+    scrub = Scrubber(settings.secret_values())
+    limiter = rate_limiter(settings)
+    tally = Tally()
+    display = ProgressDisplay(out, tty=out.isatty() if tty is None else tty, every=progress_every)
+    async with (
+        open_storage(
+            settings.cms_sync_database, ingest_timeout=settings.cms_sync_ingest_timeout
+        ) as storage,
+        sanity.http_client(settings) as http,
+    ):
+        client = sanity.SanityClient(
+            http,
+            dataset=settings.sanity_dataset,
+            retry=retry_policy(settings),
+            scrub=scrub,
+            limiter=limiter,
+        )
+        backfill = Backfill(client, storage.jobs, mapping, scope, page_size=page_size, poll=poll)
+        if dry_run:
+            plan = await backfill.dry_run(storage.records)
+            for name, count in plan.documents.items():
+                print(f"{name}: {count} documents", file=out)
+            print(
+                f"assets: {plan.assets_to_store} to store, {plan.assets_reused} already stored",
+                file=out,
+            )
+            return EXIT_OK
+        if not now:
+            outcome = await backfill.run(limit=limit, on_progress=display)
+        else:
+            assert isinstance(settings, Settings)
+
+            def tally_report(job: Job, report: SyncReport) -> None:
+                tally.stored += report.stored
+                tally.reused += report.reused
+
+            backfill.tally = tally
+            backfill.throttled = lambda: sum(s.throttled for s in limiter.stats.values())
+            async with open_syncer(settings, mapping, storage.records, limiter=limiter) as syncer:
+                worker = Worker(
+                    storage.jobs,
+                    syncer,
+                    worker_options(settings),
+                    scrub=scrub,
+                    observe=tally_report,
+                )
+                worker.start()
+                try:
+                    outcome = await backfill.run(limit=limit, on_progress=display)
+                finally:
+                    await worker.stop()
+    display.finish()
+    run = outcome.run
+    state = "finished" if outcome.swept_all else f"paused after --limit {limit}"
+    print(f"backfill {scope.name} {state}: {run.swept} documents swept", file=out)
+    for f in outcome.failures:
+        print(
+            scrub(f"{f.document_id}\t{f.attempts} attempts\t{iso(f.failed_at)}\t{f.last_error}"),
+            file=out,
+        )
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+class ProgressDisplay:
+    """On a terminal, one line rewritten in place; elsewhere a log line every ``every`` s."""
+
+    def __init__(self, out: TextIO, *, tty: bool, every: float) -> None:
+        self._out, self._tty, self._every = out, tty, every
+        self._last: float | None = None
+        self._shown = False
+
+    def __call__(self, progress: Progress) -> None:
+        moment = time.monotonic()
+        if self._tty:
+            print(f"\r\x1b[2K{format_progress(progress)}", end="", file=self._out, flush=True)
+            self._shown = True
+        elif self._last is None or moment - self._last >= self._every:
+            self._last = moment
+            log.info(
+                "backfill_progress",
+                swept=progress.run.swept,
+                total=progress.run.total,
+                done=progress.jobs.get(JobState.DONE, 0),
+                failed=progress.jobs.get(JobState.FAILED, 0),
+                queued=progress.outstanding,
+                stored=progress.stored,
+                reused=progress.reused,
+                throttled=progress.throttled,
+                rate=round(progress.rate, 2),
+                eta=None if progress.eta is None else round(progress.eta),
+            )
+
+    def finish(self) -> None:
+        if self._shown:
+            print(file=self._out)
 
 
 def format_replay_run(run: ReplayRun) -> str:
@@ -365,6 +481,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    settings: SyncCommandSettings | Settings
+    settings = _prepare(Settings) if args.now else _prepare(SyncCommandSettings)
+    mapping = load_mapping(settings.cms_sync_config)
+    return asyncio.run(
+        run_backfill(
+            settings,
+            mapping,
+            types=args.types,
+            everything=args.all,
+            dry_run=args.dry_run,
+            limit=args.limit,
+            now=args.now,
+            out=sys.stdout,
+        )
+    )
+
+
 def _cmd_failures(args: argparse.Namespace) -> int:
     settings = _prepare(OperatorSettings)
     return asyncio.run(run_failures(settings, as_json=args.json, out=sys.stdout))
@@ -373,6 +507,16 @@ def _cmd_failures(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     settings = _prepare(OperatorSettings)
     return asyncio.run(run_status(settings, as_json=args.json, out=sys.stdout))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
 
 
 def caret(query: str, position: int) -> str:
@@ -556,6 +700,34 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all-failed", action="store_true", help="every failed document")
     replay.add_argument("--now", action="store_true", help="run them in the foreground")
     replay.set_defaults(func=_cmd_replay)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="sweep the documents that existed before the worker into the job store",
+        description=(
+            "Queue every published document of the mapped types whose media still need a "
+            "store (--all: every document), a page at a time; the running service's workers "
+            "run them (--now: this process does). A killed backfill resumes where it stopped. "
+            "Exit 0 once every document converged, 1 with the failures listed."
+        ),
+    )
+    backfill.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        metavar="T",
+        help="only this mapped type (repeatable)",
+    )
+    backfill.add_argument("--all", action="store_true", help="re-check every document")
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="print counts per type and assets to store"
+    )
+    backfill.add_argument(
+        "--limit", type=_positive, metavar="N", help="sweep at most N documents this time"
+    )
+    backfill.add_argument("--now", action="store_true", help="run the jobs in this process")
+    backfill.set_defaults(func=_cmd_backfill)
 
     status = commands.add_parser("status", help="job counts, oldest pending age, stored assets")
     status.add_argument("--json", action="store_true", help="print JSON")

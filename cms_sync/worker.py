@@ -133,11 +133,14 @@ class Worker:
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         scrub: Scrubber | None = None,
+        observe: Callable[[Job, SyncReport], None] | None = None,
     ) -> None:
         """
         Args:
             scrub: the configured secrets, scrubbed from every error before it is stored.
+            observe: called with each job's report once its outcome is recorded.
         """
+        self._observe = observe
         self._store = store
         self._scrub = scrub or Scrubber()
         self._syncer = syncer
@@ -283,6 +286,8 @@ class Worker:
                 heartbeat.cancel()
             # Shielded: a shutdown must not cut the recording of a finished sync.
             await asyncio.shield(self._record(job, report))
+            if self._observe is not None:
+                self._observe(job, report)
             return report
 
     async def _run(self, job: Job) -> SyncReport:
