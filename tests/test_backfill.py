@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from process import cms_sync
 
 from cms_sync import groq
 from cms_sync.backfill import Scope, build_sweep_queries, scope_for
@@ -26,7 +33,7 @@ from cms_sync.settings import Settings
 from fakes import FakeContentLake, FakeFilestack, load_dataset
 from scenarios import catalogue, converged, slots
 from servers import serve
-from wiring import make_settings
+from wiring import crash_test_env, make_settings
 
 
 @dataclass
@@ -174,3 +181,61 @@ def test_the_sweep_selects_exactly_the_documents_the_planner_would_store() -> No
             expected.append(doc["_id"])
     assert [d["_id"] for d in swept] == sorted(expected)
     assert 0 < len(expected) < len([d for d in dataset if d.get("_type") in mapping.types])
+
+
+def test_killed_half_way_a_rerun_finishes_without_storing_again(tmp_path: Path) -> None:
+    """``cms-sync backfill --now`` as a process, killed with ``kill -9`` while stores are in
+    flight, then run again: only the stores cut off by the kill are made twice."""
+    documents = catalogue(products=30, posts=20, shared=4)
+    lake = FakeContentLake(documents={d["_id"]: d for d in documents})
+    fs = FakeFilestack()
+    database = tmp_path / "jobs.db"
+    doc_ids = [i for i, d in lake.documents.items() if d["_type"] in ("product", "post")]
+    distinct = {s["asset"]["_ref"] for i in doc_ids for s in slots(lake.documents[i])}
+
+    def recorded() -> int:
+        with closing(sqlite3.connect(database)) as conn:
+            return int(conn.execute("SELECT count(*) FROM assets").fetchone()[0])
+
+    with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
+        env = crash_test_env(
+            sanity_url,
+            filestack_url,
+            CMS_SYNC_DATABASE=str(database),
+            CMS_SYNC_FILESTACK_TIMEOUT="1.5",  # a store cut off by the kill holds 3 s + 5
+            CMS_SYNC_SANITY_MUTATE_RATE="1000",
+        )
+        first = subprocess.Popen(
+            [sys.executable, "-m", "cms_sync", "backfill", "--now"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(fs.stores) < 15:
+                assert first.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+            fs.gate = threading.Event()  # the stores from now on hang, in flight
+            assert fs.arrived.wait(30)
+            while recorded() < len(fs.stores):  # every answered store is on disk
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        finally:
+            first.kill()
+            first.wait()
+        in_flight = set(fs.held)
+        stored_before = len(fs.stores)
+        fs.gate.set()
+
+        again = cms_sync("backfill", "--now", env=env, cwd=tmp_path, timeout=90)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "finished: 50 documents swept" in again.stdout
+
+    assert 15 <= stored_before < len(distinct)  # it really was killed half-way
+    assert converged(lake.documents, doc_ids)
+    stores = Counter(body["sources"][0] for body in fs.stores)
+    assert set(stores) == {lake.documents[a]["url"] for a in distinct}
+    twice = {url for url, n in stores.items() if n > 1}
+    assert twice <= in_flight and max(stores.values()) <= 2
