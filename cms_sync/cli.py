@@ -32,7 +32,7 @@ from cms_sync.errors import (
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import Job, JobState
+from cms_sync.jobs import FailedJob, Job, JobState
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.operations import ReplayNow, ReplayRun, iso, usable_id
@@ -276,10 +276,7 @@ async def run_backfill(
     state = "finished" if outcome.swept_all else f"paused after --limit {limit}"
     print(f"backfill {scope.name} {state}: {run.swept} documents swept", file=out)
     for f in outcome.failures:
-        print(
-            scrub(f"{f.document_id}\t{f.attempts} attempts\t{iso(f.failed_at)}\t{f.last_error}"),
-            file=out,
-        )
+        print(scrub(format_failure(f)), file=out)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
@@ -324,6 +321,11 @@ def format_replay_run(run: ReplayRun) -> str:
     return f"{run.document_id}: {error}{run.message}"
 
 
+def format_failure(f: FailedJob) -> str:
+    """One failed document, as ``failures`` and ``backfill`` list it."""
+    return f"{f.document_id}\t{f.attempts} attempts\t{iso(f.failed_at)}\t{f.last_error}"
+
+
 async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
     scrub = Scrubber(settings.secret_values())
     async with open_storage(settings.cms_sync_database, create=False) as storage:
@@ -343,10 +345,7 @@ async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO
         print("no failed documents", file=out)
     else:
         for f in failed:
-            print(
-                f"{f.document_id}\t{f.attempts} attempts\t{iso(f.failed_at)}\t{f.last_error}",
-                file=out,
-            )
+            print(format_failure(f), file=out)
     return EXIT_OK
 
 
