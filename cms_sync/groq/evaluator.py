@@ -29,19 +29,31 @@ class Context:
     before: Any = None
     after: Any = None
     sanity: Mapping[str, str] | None = None
-    _by_id: dict[str, Any] | None = field(default=None, repr=False)
+    _positions: dict[str, list[int]] | None = field(default=None, repr=False)
+
+    def _index(self, source: list[Any]) -> dict[str, list[int]]:
+        """Where each ``_id`` is in the dataset: built once per evaluation, on first use."""
+        if self._positions is None:
+            positions: dict[str, list[int]] = {}
+            for position, doc in enumerate(source):
+                if type(doc) is dict or groq_type(doc) == "object":
+                    ref = doc.get("_id")
+                    if type(ref) is str:
+                        positions.setdefault(ref, []).append(position)
+            self._positions = positions
+        return self._positions
+
+    def documents_with_ids(self, source: list[Any], ids: set[str]) -> list[Any]:
+        """The documents of ``source`` whose ``_id`` is one of ``ids``, in source order."""
+        index = self._index(source)
+        return [source[p] for p in sorted(p for i in ids for p in index.get(i, ()))]
 
     def document(self, source: Any, document_id: str) -> Any:
-        if self._by_id is None:
-            index: dict[str, Any] = {}
-            if groq_type(source) == "array":
-                for doc in source:
-                    if groq_type(doc) == "object":
-                        ref = doc.get("_id")
-                        if type(ref) is str:
-                            index.setdefault(ref, doc)
-            self._by_id = index
-        return self._by_id.get(document_id)
+        """The first document of the dataset with this ``_id`` (what ``->`` finds)."""
+        if groq_type(source) != "array":
+            return None
+        found = self._index(source).get(document_id)
+        return source[found[0]] if found else None
 
 
 class Scope:
@@ -152,10 +164,48 @@ def _slice(node: s.Slice, scope: Scope) -> Any:
 
 
 def _filter(node: s.Filter, scope: Scope) -> Any:
-    base = execute(node.base, scope)
+    base = _id_lookup(node, scope)
+    if base is None:
+        base = execute(node.base, scope)
     if groq_type(base) != "array":
         return None
     return [item for item in base if execute(node.expr, scope.nested(item)) is True]
+
+
+def _id_lookup(node: s.Filter, scope: Scope) -> list[Any] | None:
+    """``*[_id == X && ...]`` or ``*[_id in [...] && ...]`` with ``X`` a literal or a
+    parameter: only documents with those ids can pass, so only they are tested (the id
+    index Sanity's backend has). None: the filter has no such term; scan the dataset.
+    """
+    if not isinstance(node.base, s.Everything) or groq_type(scope.source) != "array":
+        return None
+    for term in _conjuncts(node.expr):
+        if not (
+            isinstance(term, s.OpCall)
+            and term.op in ("==", "in")
+            and isinstance(term.left, s.AccessAttribute)
+            and term.left.base is None
+            and term.left.name == "_id"
+            and isinstance(term.right, s.Value | s.Parameter)
+        ):
+            continue
+        wanted = execute(term.right, scope)
+        if term.op == "==":
+            wanted = [wanted]
+        elif groq_type(wanted) != "array":
+            continue
+        if not all(type(i) is str for i in wanted):
+            continue  # null matches a missing _id, a number a numeric one: scan
+        return scope.context.documents_with_ids(scope.source, set(wanted))
+    return None
+
+
+def _conjuncts(node: s.Node) -> list[s.Node]:
+    while isinstance(node, s.Group):
+        node = node.base
+    if isinstance(node, s.And):
+        return [*_conjuncts(node.left), *_conjuncts(node.right)]
+    return [node]
 
 
 def _projection(node: s.Projection, scope: Scope) -> Any:

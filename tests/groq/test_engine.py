@@ -102,3 +102,31 @@ def test_what_only_sanity_can_evaluate_is_an_evaluation_error() -> None:
         evaluate("text::query('x')", [])
     with pytest.raises(GroqEvaluationError):
         evaluate("(1, 2)", [])
+
+
+@pytest.mark.parametrize(
+    ("indexed", "scanned"),
+    [
+        ("*[_id in $ids]", "*[(_id in $ids) == true]"),
+        ("*[_id == $id]", "*[(_id == $id) == true]"),
+        ("*[(_id in $ids) && price > 5]._id", "*[(_id in $ids) == true && price > 5]._id"),
+        ("*[price > 5 && _id == 'c'].title", "*[price > 5 && (_id == 'c') == true].title"),
+        ("*[_id in ['b', 5, null, 'a']]", "*[(_id in ['b', 5, null, 'a']) == true]"),
+        ("*[_id == null]", "*[(_id == null) == true]"),
+        ("*[_id in $ids]{_id, 'n': count(*)}", "*[(_id in $ids) == true]{_id, 'n': count(*)}"),
+    ],
+)
+def test_an_id_term_looks_documents_up_with_the_same_answer_as_a_scan(
+    indexed: str, scanned: str
+) -> None:
+    docs = [
+        *DOCS,
+        MappingProxyType({"_id": "c", "title": "Lamp", "price": 7}),
+        {"_id": "a", "title": "A twin", "price": 1},  # ids are unique in Sanity, not here
+        {"title": "no id"},
+        {"_id": 5},
+    ]
+    params = {"ids": ["c", "a", "a", "x"], "id": "a"}
+    answer = evaluate(indexed, docs, params)
+    assert answer == evaluate(scanned, docs, params)
+    assert answer not in ([], None)
