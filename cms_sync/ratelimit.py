@@ -54,6 +54,10 @@ class _Bucket:
         self.tat = max(self.tat, go) + 1.0 / self.rate
         return go - now
 
+    def next_slot(self) -> float:
+        """When the next request could go."""
+        return self.tat - self._tolerance
+
     def pause(self, until: float) -> None:
         """No request before ``until``."""
         self.tat = max(self.tat, until + self._tolerance)
@@ -106,6 +110,17 @@ class RateLimiter:
                     stats.waited += wait
             await self.sleep(wait)
         return wait
+
+    async def ready(self, *limits: Limit) -> None:
+        """Wait until a request under ``limits`` could go at once, reserving nothing (a
+        batch is made up after this, so that what queued during the wait goes too)."""
+        now = self.clock()
+        wait = max(
+            (self._buckets[limit].next_slot() - now for limit in limits if limit in self._buckets),
+            default=0.0,
+        )
+        if wait > 0:
+            await self.sleep(wait)
 
     def throttled(self, limit: Limit, retry_after: float | None) -> None:
         """The remote answered 429 to a request under ``limit``: hold everyone back."""

@@ -180,3 +180,20 @@ async def test_a_429_from_sanity_is_charged_to_the_limit_of_the_request() -> Non
     assert limits.stats[Limit.SANITY_MUTATE].throttled == 1
     assert Limit.SANITY_CALL not in limits.stats or not limits.stats[Limit.SANITY_CALL].throttled
     assert t.now - 1_000 == pytest.approx(1.0)  # the retry waited out the window
+
+
+async def test_ready_waits_for_the_next_slot_without_taking_it() -> None:
+    t = Time()
+    limits = limiter(t, {Limit.SANITY_MUTATE: 20, Limit.SANITY_CALL: 400})
+    start = t.now
+
+    async def ready_then_go() -> float:
+        await limits.acquire(Limit.SANITY_MUTATE)
+        await limits.ready(Limit.SANITY_MUTATE, Limit.SANITY_CALL)
+        waited_for_ready = t.now - start
+        return waited_for_ready + await limits.acquire(Limit.SANITY_MUTATE)
+
+    (total,) = await t.run(ready_then_go())
+    assert total == pytest.approx(1 / 20)  # ready waited the spacing; the take was free
+    await limits.ready(Limit.FILESTACK_STORE)  # not limited: no wait
+    assert t.now == pytest.approx(start + 1 / 20)
