@@ -155,6 +155,9 @@ class AuthenticationError(RejectedError):
 class RevisionConflict(RejectedError):
     """409: the document changed since we read it (``ifRevisionID`` did not match)."""
 
+    #: Which mutation of the request conflicted (Sanity's ``items[].index``), if said.
+    index: int | None = None
+
 
 class UnavailableError(RemoteError):
     """429 or 5xx: the service is overloaded or broken; the request may succeed later."""

@@ -1,13 +1,14 @@
-"""Build the one GROQ query that fetches a document's media slots.
+"""Build the one GROQ query that fetches documents' media slots, for one or many ids.
 
-The query text depends only on the mapping; the document id and the type names go in
-as ``$params`` (``$id``, ``$type0``, ``$type1``...), never spliced into the text. Field
-names are spliced, which is why the mapping accepts plain identifiers only.
+The query text depends only on the mapping; the document ids and the type names go in
+as ``$params`` (``$ids``, ``$type0``, ``$type1``...), never spliced into the text. Field
+names are spliced, which is why the mapping accepts plain identifiers only. The worker
+reads many documents at once (``*[_id in $ids]``), so the same text serves one id or fifty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -19,13 +20,13 @@ from cms_sync.media import ASSET, WRITTEN
 
 @dataclass(frozen=True)
 class DocumentQuery:
-    """A GROQ query text plus the params it needs besides ``$id``."""
+    """A GROQ query text plus the params it needs besides ``$ids``."""
 
     text: str
     type_params: Mapping[str, str]
 
-    def params(self, document_id: str) -> dict[str, str]:
-        return {"id": document_id, **self.type_params}
+    def params(self, document_ids: Sequence[str]) -> dict[str, str | list[str]]:
+        return {"ids": list(document_ids), **self.type_params}
 
 
 def asset_projection() -> str:
@@ -41,7 +42,10 @@ def slot_projection(field: MediaField) -> str:
 
 
 def build_document_query(mapping: MediaMapping) -> DocumentQuery:
-    """One query for a document of any mapped type, by id, checked by the GROQ parser.
+    """One query for documents of any mapped type, by ids, checked by the GROQ parser.
+
+    It answers a list: the published documents with those ids (in no particular order;
+    an id with no document is left out).
 
     The base fields are always returned; each type's media slots come from a
     conditional projection on ``_type == $typeN``.
@@ -56,7 +60,7 @@ def build_document_query(mapping: MediaMapping) -> DocumentQuery:
         type_params[param] = type_name
         slots = ", ".join(slot_projection(field) for field in fields)
         branches.append(f"_type == ${param} => {{{slots}}}")
-    text = "*[_id == $id][0]{_id, _type, _rev, _updatedAt, " + ", ".join(branches) + "}"
+    text = "*[_id in $ids]{_id, _type, _rev, _updatedAt, " + ", ".join(branches) + "}"
     try:
         parse(text)
     except GroqSyntaxError as exc:  # a mapping the validation above let through

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from cms_sync import __version__
-from cms_sync.errors import InvalidResponse, RateLimited
+from cms_sync.errors import InvalidResponse, RateLimited, RevisionConflict
 from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.retry import RetryPolicy, guarded_mutation_is_safe, query_is_safe
 from cms_sync.scrub import Scrubber
@@ -71,6 +71,16 @@ def parse_error(body: Any) -> tuple[str | None, str | None]:
     if isinstance(message, str):
         return (error if isinstance(error, str) else None), message
     return None, None
+
+
+def conflict_index(body: Any) -> int | None:
+    """The index of the mutation a 409 names (``error.items[0].index``), if any."""
+    error = body.get("error") if isinstance(body, dict) else None
+    items = error.get("items") if isinstance(error, dict) else None
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+        return None
+    index = items[0].get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else None
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,8 @@ class SanityClient:
         Only retried when safe: every patch the worker sends carries ``ifRevisionID``.
 
         Raises:
-            RevisionConflict: the document changed since it was read.
+            RevisionConflict: a document changed since it was read (``index`` says which
+                mutation, when Sanity does); nothing was applied.
             TransportError, RemoteError: otherwise.
         """
         request = self._http.build_request(
@@ -165,6 +176,10 @@ class SanityClient:
             transaction_id=str(body.get("transactionId", "")), results=body["results"]
         )
 
+    async def mutation_ready(self) -> None:
+        """Wait until a mutate request could go at once under the rate limits."""
+        await self._limiter.ready(Limit.SANITY_MUTATE, Limit.SANITY_CALL)
+
     async def _send(self, request: httpx.Request, *limits: Limit) -> Reply:
         """One request, after the rate limits it counts against (the first is the one a
         429 is charged to)."""
@@ -180,5 +195,8 @@ class SanityClient:
             raise_for_status(reply, service=SERVICE, parse_error=parse_error)
         except RateLimited as exc:
             self._limiter.throttled(limits[0], exc.retry_after)
+            raise
+        except RevisionConflict as exc:
+            exc.index = conflict_index(reply.json_or_none())
             raise
         return reply

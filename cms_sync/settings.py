@@ -162,6 +162,8 @@ class SyncSettings(FilestackSettings, SanitySettings):  # Sanity's fields first
     cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...] | None, NoDecode] = None
     cms_sync_store_concurrency: int = Field(default=16, ge=1, le=256)
     cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
+    #: The most documents read in one query or patched in one transaction (1: each alone).
+    cms_sync_batch_size: int = Field(default=50, ge=1, le=200)
     cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
     #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
     cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)

@@ -3,7 +3,8 @@
 ``Syncer.sync(document_id)`` is safe to run any number of times: stores go through the
 stored-asset records (each distinct asset is stored once; concurrent requests for the
 same asset share one store), the patch is guarded by ``ifRevisionID``, and a document
-already in sync gets no mutation at all.
+already in sync gets no mutation at all. Concurrent syncs share their reads and writes
+(:mod:`cms_sync.lake`): many documents to a query, many patches to a transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from cms_sync.errors import (
     AmbiguousStore,
     CmsSyncError,
     DocumentNotFound,
-    InvalidResponse,
     RevisionConflict,
     SlotBlocked,
     StaleRead,
@@ -35,10 +35,10 @@ from cms_sync.errors import (
     UnmappedType,
 )
 from cms_sync.filestack import FilestackClient
+from cms_sync.lake import MAX_BATCH, Lake
 from cms_sync.mapping import MediaMapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import Action, Plan, plan_document
-from cms_sync.queries import build_document_query
 from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.records import AssetRecords, StoredAsset, StoreGate
 from cms_sync.retry import RetryPolicy, request_backoff, store_may_have_happened
@@ -100,17 +100,19 @@ class Syncer:
         store_concurrency: int = 4,
         max_replans: int = 3,
         ambiguity: Backoff | None = None,
+        batch_size: int = MAX_BATCH,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """
         Args:
+            batch_size: the most documents read in one query, or patched in one
+                transaction (1: each alone).
             ambiguity: the per-asset backoff after a store whose answer was lost, and
                 (``max_attempts``) how many such stores of one asset before giving up.
         """
-        self._sanity = sanity
+        self._lake = Lake(sanity, mapping, max_batch=batch_size)
         self._filestack = filestack
         self._mapping = mapping
-        self._query = build_document_query(mapping)
         self._allowed_hosts = allowed_hosts
         self._records = records
         self._store_slots = asyncio.Semaphore(store_concurrency)
@@ -129,11 +131,9 @@ class Syncer:
         Raises:
             DocumentNotFound, UnmappedType, StaleRead, TransportError, RemoteError.
         """
-        result = await self._sanity.query(self._query.text, self._query.params(document_id))
+        result = await self._lake.fetch(document_id)
         if result is None:
             raise DocumentNotFound(document_id)
-        if not isinstance(result, dict):
-            raise InvalidResponse("Sanity", 200, "query result is not a document")
         doc_type = result.get("_type")
         if doc_type not in self._mapping.types:
             raise UnmappedType(document_id, str(doc_type), self._mapping.type_names)
@@ -177,7 +177,7 @@ class Syncer:
                 log.info("document_in_sync", rev=plan.document.rev)
                 return
             try:
-                await self._sanity.mutate([mutation])
+                await self._lake.patch(mutation)
             except RevisionConflict:
                 log.info("patch_conflict", rev=plan.document.rev, attempt=attempt + 1)
                 if attempt == self._max_replans:
@@ -347,6 +347,7 @@ async def open_syncer(
             records=records,
             store_concurrency=settings.cms_sync_store_concurrency,
             max_replans=settings.cms_sync_max_replans,
+            batch_size=settings.cms_sync_batch_size,
             ambiguity=Backoff(
                 base=settings.cms_sync_ambiguous_store_backoff,
                 max_attempts=settings.cms_sync_ambiguous_store_max,

@@ -201,7 +201,7 @@ def test_two_hundred_deliveries_with_a_kill_9_in_the_middle(service: Service) ->
             for s in slots(lake.documents[i])
         )
     }
-    patches = Counter(m[0]["patch"]["id"] for m in lake.commits)
+    patches = Counter(p["patch"]["id"] for m in lake.commits for p in m)
     for doc_id in doc_ids:
         expected = 2 if doc_id in changed else 1
         if doc_id in held and doc_id not in changed:

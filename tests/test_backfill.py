@@ -174,8 +174,7 @@ def test_the_sweep_selects_exactly_the_documents_the_planner_would_store() -> No
     for doc in dataset:
         if doc.get("_type") not in mapping.types:
             continue
-        fetched = groq.evaluate(fetch.text, dataset, fetch.params(doc["_id"]))
-        assert isinstance(fetched, dict)
+        (fetched,) = groq.evaluate(fetch.text, dataset, fetch.params([doc["_id"]]))
         plan = plan_document(parse_document(fetched, mapping), ())
         if any(s.action not in (Action.IN_SYNC, Action.EMPTY) for s in plan.slots):
             expected.append(doc["_id"])

@@ -7,12 +7,12 @@ import pytest
 from cms_sync.document import parse_document
 from cms_sync.errors import InvalidResponse
 from cms_sync.mapping import default_mapping
-from fakes import load_fixture
+from fakes import recorded_document
 
 
 def test_absent_keys_read_like_null_keys() -> None:
     """groq-js keeps null-valued keys; a real API may drop them. Both parse the same."""
-    with_nulls = load_fixture("sanity/query/product-1.json")["result"]
+    with_nulls = recorded_document("product-1")
 
     def drop_nulls(value: Any) -> Any:
         if isinstance(value, dict):

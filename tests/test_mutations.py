@@ -6,11 +6,11 @@ from cms_sync.mapping import default_mapping
 from cms_sync.mutations import build_patch
 from cms_sync.planner import plan_document
 from cms_sync.records import StoredAsset
-from fakes import load_fixture
+from fakes import recorded_document
 
 
 def plan_of(doc_id: str):  # type: ignore[no-untyped-def]
-    result = load_fixture(f"sanity/query/{doc_id}.json")["result"]
+    result = recorded_document(doc_id)
     return plan_document(parse_document(result, default_mapping()), (AllowedHost("cdn.sanity.io"),))
 
 

@@ -8,14 +8,14 @@ from cms_sync.allowlist import AllowedHost
 from cms_sync.document import Asset, Slot, parse_document
 from cms_sync.mapping import default_mapping
 from cms_sync.planner import Action, plan_document, plan_slot
-from fakes import load_fixture
+from fakes import recorded_document
 
 CDN = (AllowedHost("cdn.sanity.io"),)
 S, IN, E, B = Action.STORE, Action.IN_SYNC, Action.EMPTY, Action.BLOCKED
 
 
 def plan_fixture(doc_id: str) -> list[tuple[str, Action]]:
-    result = load_fixture(f"sanity/query/{doc_id}.json")["result"]
+    result = recorded_document(doc_id)
     plan = plan_document(parse_document(result, default_mapping()), CDN)
     return [(p.slot.path, p.action) for p in plan.slots]
 
@@ -48,7 +48,7 @@ def test_plan_of_each_fixture(doc_id: str, expected: list[tuple[str, Action]]) -
 
 
 def test_shared_asset_is_one_store_for_two_slots() -> None:
-    result = load_fixture("sanity/query/product-shared-a.json")["result"]
+    result = recorded_document("product-shared-a")
     plan = plan_document(parse_document(result, default_mapping()), CDN)
     assert len(plan.assets_to_store()) == 1
     assert plan.count(Action.STORE) == 2

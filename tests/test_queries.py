@@ -25,7 +25,7 @@ SLOT = "filestackHandle, filestackUrl, filestackSize, filestackMimeType, filesta
 )
 def test_query_text_per_media_spec(media: list[str], expected_branch: str) -> None:
     query = build_document_query(mapping_from_data({"types": {"article": {"media": media}}}))
-    assert query.text == f"*[_id == $id][0]{{_id, _type, _rev, _updatedAt, {expected_branch}}}"
+    assert query.text == f"*[_id in $ids]{{_id, _type, _rev, _updatedAt, {expected_branch}}}"
     assert dict(query.type_params) == {"type0": "article"}
 
 
@@ -33,8 +33,8 @@ def test_ids_and_types_are_params_never_query_text() -> None:
     mapping = mapping_from_data({"types": {"product": {"media": ["x"]}, "post": {"media": ["y"]}}})
     query = build_document_query(mapping)
     hostile = 'product-1"] | *[true'
-    params = query.params(hostile)
-    assert params == {"id": hostile, "type0": "product", "type1": "post"}
+    params = query.params([hostile])
+    assert params == {"ids": [hostile], "type0": "product", "type1": "post"}
     assert "product" not in query.text and "post" not in query.text
     assert "$type0" in query.text and "$type1" in query.text
 
@@ -54,7 +54,7 @@ def test_the_worker_query_evaluates_as_in_groq_js(doc_id: str) -> None:
     recorded = load_fixture(f"sanity/query/{doc_id}.json")
     query = build_document_query(default_mapping())
     lake = FakeContentLake.from_fixtures()
-    assert lake.query(recorded["query"], query.params(doc_id)) == recorded["result"]
+    assert lake.query(recorded["query"], query.params([doc_id])) == recorded["result"]
 
 
 def test_the_built_query_is_checked_by_the_parser() -> None:
@@ -64,7 +64,7 @@ def test_the_built_query_is_checked_by_the_parser() -> None:
     )
     query = build_document_query(mapping)
     doc = {"_id": "x", "_type": "article", "desc": {"asset": None}, "in": [{"_key": "k"}]}
-    result = evaluate(query.text, [doc], query.params("x"))
+    (result,) = evaluate(query.text, [doc], query.params(["x"]))
     assert result["desc"]["asset"] is None
     assert [item["_key"] for item in result["in"]] == ["k"]
     assert result["select"] is None

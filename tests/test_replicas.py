@@ -191,13 +191,13 @@ def test_two_replicas_share_the_work_and_survive_a_kill_9(replicas: Replicas) ->
     # earlier patch already set. A document using assets whose store the kill cut off may
     # take a patch more per such asset (its other slots first, that slot when the hold ends).
     sets: dict[str, Counter[tuple[str, str]]] = {}
-    for (mutation,) in lake.commits:
+    for mutation in (m for commit in lake.commits for m in commit):
         patch = mutation["patch"]
         fields = sets.setdefault(patch["id"], Counter())
         fields.update((path, repr(value)) for path, value in patch["set"].items())
     for doc_id, fields in sets.items():
         assert max(fields.values()) == 1, (doc_id, fields.most_common(1))
-    patches = Counter(m[0]["patch"]["id"] for m in lake.commits)
+    patches = Counter(p["patch"]["id"] for m in lake.commits for p in m)
     for doc_id in doc_ids:
         cut_off = {s["asset"]["_ref"] for s in slots(lake.documents[doc_id])} & {
             a for a in distinct if lake.documents[a]["url"] in twice

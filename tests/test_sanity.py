@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -196,9 +197,27 @@ async def test_mutate_posts_one_transaction_visible_on_return(client: SanityClie
 async def test_mutate_revision_mismatch_is_a_conflict_not_retried(client: SanityClient) -> None:
     body = load_fixture("sanity/errors/revision-mismatch.json")
     route = respx.post(MUTATE_URL).mock(return_value=httpx.Response(409, json=body))
-    with pytest.raises(RevisionConflict, match="unexpected revision ID"):
+    with pytest.raises(RevisionConflict, match="unexpected revision ID") as raised:
         await client.mutate([PATCH])
     assert route.call_count == 1
+    assert raised.value.index == body["error"]["items"][0]["index"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "index"),
+    [
+        ({"error": {"items": [{"index": 3, "error": {}}]}}, 3),
+        ({"error": {"items": [{"index": "3"}]}}, None),
+        ({"error": {"items": [{"index": True}]}}, None),
+        ({"error": {"items": []}}, None),
+        ({"error": "Conflict", "message": "gateway"}, None),
+        (None, None),
+    ],
+)
+def test_the_conflicting_mutation_is_read_from_the_409_when_named(
+    body: Any, index: int | None
+) -> None:
+    assert sanity.conflict_index(body) == index
 
 
 @respx.mock

@@ -28,6 +28,12 @@ def load_fixture(relative: str) -> Any:
     return json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
 
 
+def recorded_document(doc_id: str) -> Any:
+    """The worker's query answer for one published document, as groq-js recorded it."""
+    (document,) = load_fixture(f"sanity/query/{doc_id}.json")["result"]
+    return document
+
+
 def load_dataset() -> list[dict[str, Any]]:
     text = (FIXTURES / "sanity" / "dataset.ndjson").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
