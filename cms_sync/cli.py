@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -48,7 +49,7 @@ from cms_sync.settings import (
 )
 from cms_sync.storage import Storage, open_storage, shown_database
 from cms_sync.sync import SyncReport, open_syncer, rate_limiter, retry_policy
-from cms_sync.worker import Worker
+from cms_sync.worker import Worker, WorkerOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -262,7 +263,7 @@ async def run_backfill(
                 worker = Worker(
                     storage.jobs,
                     syncer,
-                    worker_options(settings),
+                    backfill_worker_options(settings),
                     scrub=scrub,
                     observe=tally_report,
                 )
@@ -278,6 +279,15 @@ async def run_backfill(
     for f in outcome.failures:
         print(scrub(format_failure(f)), file=out)
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def backfill_worker_options(settings: Settings) -> WorkerOptions:
+    """The worker of ``backfill --now``: this process does nothing else, and a job spends
+    most of its time waiting on its stores, so twice as many jobs run as stores may be
+    in flight (``CMS_SYNC_WORKERS`` if higher): the stores never wait for a job."""
+    options = worker_options(settings)
+    jobs = max(options.concurrency, 2 * settings.cms_sync_store_concurrency)
+    return dataclasses.replace(options, concurrency=jobs)
 
 
 class ProgressDisplay:

@@ -45,17 +45,24 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def http_client(
-    settings: FilestackSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: FilestackSettings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    connections: int = 20,
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` for Filestack, built once per process.
 
     The read timeout is long: Filestack fetches the source file before it answers.
+
+    Args:
+        connections: the most open at once; at least the stores in flight, or stores
+            queue for a connection.
     """
     timeout = settings.cms_sync_filestack_timeout
     return httpx.AsyncClient(
         headers={"User-Agent": f"cms-sync/{__version__}"},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         transport=transport,
     )
 

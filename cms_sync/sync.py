@@ -329,7 +329,11 @@ async def open_syncer(
     limiter = limiter or rate_limiter(settings)
     async with (
         sanity.http_client(settings, transport=sanity_transport) as sanity_http,
-        filestack.http_client(settings, transport=filestack_transport) as filestack_http,
+        filestack.http_client(
+            settings,
+            transport=filestack_transport,
+            connections=max(20, settings.cms_sync_store_concurrency),
+        ) as filestack_http,
     ):
         yield Syncer(
             sanity=sanity.SanityClient(
