@@ -46,6 +46,9 @@ class Faults:
 
     #: Seconds added before each answer.
     latency: float = 0.0
+    #: Make ``latency`` the whole time to the answer, the emulator's own work included
+    #: (a benchmark's 250 ms store then answers at 250 ms however busy the emulator is).
+    latency_is_total: bool = False
     #: Status code -> rate: answer that status instead of doing the work.
     statuses: dict[int, float] = field(default_factory=dict)
     #: Rate of requests that hang (no answer) for ``hang_seconds``, then hang up.
@@ -75,22 +78,31 @@ class Faults:
 
     def wrap(self, handler: Handler, *, is_mutation: Callable[[httpx.Request], bool]) -> Handler:
         def faulty(request: httpx.Request) -> httpx.Response:
-            if self.latency:
+            started = self.clock()
+            if self.latency and not self.latency_is_total:
                 self.sleep(self.latency)
-            early = self._before(is_mutation(request))
-            if early == "hang":
-                self._stop.wait(self.hang_seconds)
-                raise httpx.ReadTimeout("emulated hang", request=request)
-            if isinstance(early, int):
-                return rate_limited() if early == 429 else error_response(early)
-            answer = handler(request)
-            if self._chance("lose", self.lose) and answer.status_code < 300:
-                if self._random.random() < 0.5:
-                    return error_response(502)
-                raise httpx.RemoteProtocolError("emulated lost answer", request=request)
-            return answer
+            try:
+                return self._answer(handler, request, is_mutation(request))
+            finally:
+                remaining = self.latency - (self.clock() - started)
+                if self.latency_is_total and remaining > 0:
+                    self.sleep(remaining)
 
         return faulty
+
+    def _answer(self, handler: Handler, request: httpx.Request, mutation: bool) -> httpx.Response:
+        early = self._before(mutation)
+        if early == "hang":
+            self._stop.wait(self.hang_seconds)
+            raise httpx.ReadTimeout("emulated hang", request=request)
+        if isinstance(early, int):
+            return rate_limited() if early == 429 else error_response(early)
+        answer = handler(request)
+        if self._chance("lose", self.lose) and answer.status_code < 300:
+            if self._random.random() < 0.5:
+                return error_response(502)
+            raise httpx.RemoteProtocolError("emulated lost answer", request=request)
+        return answer
 
     def _before(self, mutation: bool) -> str | int | None:
         with self._lock:

@@ -99,3 +99,19 @@ def test_latency_is_slept_through_the_injected_sleep(latency: float) -> None:
     with client(lake) as http:
         http.get(QUERY, params={"query": "1"})
     assert slept == ([latency] if latency else [])
+
+
+def test_a_total_latency_counts_the_emulators_own_work() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def work_takes_a_while(lake: ContentLake) -> None:
+        now[0] += 0.01
+
+    faults = Faults(latency=0.04, latency_is_total=True, clock=lambda: now[0], sleep=slept.append)
+    lake = ContentLake(token=TOKEN, faults=faults)
+    lake.before_mutate = work_takes_a_while
+    with client(lake) as http:
+        http.post(MUTATE, json={"mutations": [{"create": {"_type": "post"}}]})
+        http.get(QUERY, params={"query": "1"})
+    assert slept == [pytest.approx(0.03), pytest.approx(0.04)]  # what the work left of it
