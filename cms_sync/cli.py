@@ -41,6 +41,7 @@ from cms_sync.planner import Action
 from cms_sync.scrub import Scrubber
 from cms_sync.serving import connection_cap, raise_open_files_limit, read_deadline_protocol
 from cms_sync.settings import (
+    BackfillFeedSettings,
     LogSettings,
     OperatorSettings,
     Settings,
@@ -205,7 +206,7 @@ class ReplayHere:
 
 
 async def run_backfill(
-    settings: SyncCommandSettings | Settings,
+    settings: BackfillFeedSettings | Settings,
     mapping: MediaMapping,
     *,
     types: Sequence[str],
@@ -491,8 +492,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    settings: SyncCommandSettings | Settings
-    settings = _prepare(Settings) if args.now else _prepare(SyncCommandSettings)
+    settings: BackfillFeedSettings | Settings
+    settings = _prepare(Settings) if args.now else _prepare(BackfillFeedSettings)
     mapping = load_mapping(settings.cms_sync_config)
     return asyncio.run(
         run_backfill(

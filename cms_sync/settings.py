@@ -154,19 +154,28 @@ class FilestackSettings(_Section):
         return _http_url(str(value))
 
 
-class SyncSettings(FilestackSettings, SanitySettings):  # Sanity's fields first
+class RequestSettings(_Section):
+    """How an outbound request is retried (both services)."""
+
+    cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
+    #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
+    cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
+
+
+class MappingSettings(_Section):
+    #: The media mapping's TOML file; unset, the built-in product and post mapping.
+    cms_sync_config: Path | None = None
+
+
+class SyncSettings(FilestackSettings, SanitySettings, RequestSettings, MappingSettings):
     """What syncing a document needs: both services, the mapping and the store policy."""
 
-    cms_sync_config: Path | None = None
     #: None: this project's dataset on cdn.sanity.io (see ``asset_allow_list``).
     cms_sync_allowed_asset_hosts: Annotated[tuple[AllowedHost, ...] | None, NoDecode] = None
     cms_sync_store_concurrency: int = Field(default=16, ge=1, le=256)
     cms_sync_max_replans: int = Field(default=3, ge=0, le=20)
     #: The most documents read in one query or patched in one transaction (1: each alone).
     cms_sync_batch_size: int = Field(default=50, ge=1, le=200)
-    cms_sync_retry_attempts: int = Field(default=4, ge=1, le=20)
-    #: First backoff ceiling in seconds; doubles per attempt, capped at 8 s, full jitter.
-    cms_sync_retry_backoff: float = Field(default=0.5, ge=0, le=60)
     #: Stores of one asset whose answer was lost (it may be stored) before giving up.
     cms_sync_ambiguous_store_max: int = Field(default=3, ge=1, le=20)
     #: First wait in seconds after such a store before storing that asset again (doubles).
@@ -227,6 +236,13 @@ class Settings(SyncSettings, StoreSettings, JobSettings, LogSettings):
 
 class SyncCommandSettings(SyncSettings, StoreSettings, LogSettings):
     """``cms-sync sync``: both services and the store, not the webhook or worker settings."""
+
+
+class BackfillFeedSettings(
+    SanitySettings, RequestSettings, MappingSettings, StoreSettings, LogSettings
+):
+    """``backfill`` without ``--now``: Sanity to sweep and the store to queue into; the
+    service's workers, which hold the Filestack key, run the jobs."""
 
 
 class OperatorSettings(StoreSettings, KnownSecrets, LogSettings):

@@ -44,7 +44,7 @@ from cms_sync.records import AssetRecords, StoredAsset, StoreGate
 from cms_sync.retry import RetryPolicy, request_backoff, store_may_have_happened
 from cms_sync.sanity import SanityClient
 from cms_sync.scrub import Scrubber
-from cms_sync.settings import SyncSettings
+from cms_sync.settings import RequestSettings, SanitySettings, SyncSettings
 from cms_sync.timestamps import parse_timestamp
 
 log = structlog.get_logger(__name__)
@@ -293,7 +293,7 @@ class Syncer:
         return AmbiguousStore(asset_id, exc, attempts=gate.attempts, retry_at=retry_at)
 
 
-def retry_policy(settings: SyncSettings) -> RetryPolicy:
+def retry_policy(settings: RequestSettings) -> RetryPolicy:
     return RetryPolicy(
         request_backoff(
             attempts=settings.cms_sync_retry_attempts, initial=settings.cms_sync_retry_backoff
@@ -301,14 +301,15 @@ def retry_policy(settings: SyncSettings) -> RetryPolicy:
     )
 
 
-def rate_limiter(settings: SyncSettings) -> RateLimiter:
-    """The process's one limiter, for both clients."""
+def rate_limiter(settings: SanitySettings) -> RateLimiter:
+    """The process's one limiter, for both clients (Filestack's rate when it is set)."""
     rates = {
         Limit.SANITY_MUTATE: settings.cms_sync_sanity_mutate_rate,
         Limit.SANITY_CALL: settings.cms_sync_sanity_call_rate,
     }
-    if settings.cms_sync_filestack_store_rate is not None:
-        rates[Limit.FILESTACK_STORE] = settings.cms_sync_filestack_store_rate
+    store_rate = getattr(settings, "cms_sync_filestack_store_rate", None)
+    if store_rate is not None:
+        rates[Limit.FILESTACK_STORE] = store_rate
     return RateLimiter(rates)
 
 
