@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process import cms_sync
+from process import ServeProcess, cms_sync
 
 from cms_sync import groq
 from cms_sync.backfill import Scope, build_sweep_queries, scope_for
@@ -238,3 +238,48 @@ def test_killed_half_way_a_rerun_finishes_without_storing_again(tmp_path: Path) 
     assert set(stores) == {lake.documents[a]["url"] for a in distinct}
     twice = {url for url, n in stores.items() if n > 1}
     assert twice <= in_flight and max(stores.values()) <= 2
+
+
+def test_without_now_the_running_service_runs_the_jobs_and_no_filestack_key_is_needed(
+    tmp_path: Path,
+) -> None:
+    """``cms-sync serve`` runs; ``cms-sync backfill`` (no ``--now``), holding only Sanity's
+    credentials and the database, queues the jobs and waits for the service's workers."""
+    documents = catalogue(products=24, posts=16, shared=4)
+    lake = FakeContentLake(documents={d["_id"]: d for d in documents})
+    fs = FakeFilestack()
+    doc_ids = [i for i, d in lake.documents.items() if d["_type"] in ("product", "post")]
+    distinct = {s["asset"]["_ref"] for i in doc_ids for s in slots(lake.documents[i])}
+    with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
+        env = crash_test_env(
+            sanity_url,
+            filestack_url,
+            CMS_SYNC_DATABASE=str(tmp_path / "jobs.db"),
+            CMS_SYNC_SANITY_MUTATE_RATE="1000",
+            SANITY_WEBHOOK_SECRET="whsec-backfill-test",
+        )
+        service = ServeProcess(env, tmp_path)
+        try:
+            feed_env = {
+                k: v
+                for k, v in env.items()
+                if not k.startswith("FILESTACK_") and k != "SANITY_WEBHOOK_SECRET"
+            }
+            fed = cms_sync("backfill", env=feed_env, cwd=tmp_path, timeout=90)
+            assert fed.returncode == 0, fed.stdout + fed.stderr
+            assert "finished: 40 documents swept" in fed.stdout
+            assert converged(lake.documents, doc_ids)  # converged when it said so
+            ran: set[str] = set()
+
+            def every_job_done(event: dict[str, Any]) -> bool:
+                if event.get("event") == "job_done":
+                    ran.add(event["document_id"])
+                return ran == set(doc_ids)
+
+            service.wait_for(every_job_done, 30)  # the service's workers ran them all
+            service.terminate()
+        finally:
+            service.close()
+    stores = Counter(body["sources"][0] for body in fs.stores)
+    assert set(stores) == {lake.documents[a]["url"] for a in distinct}
+    assert set(stores.values()) == {1}
