@@ -63,6 +63,18 @@ async def hold_first(held: Held, call: Any) -> asyncio.Task[Any]:
     return first
 
 
+async def queued_behind_a_held_patch(
+    held: Held, batched: Lake, lake: FakeContentLake, numbers: tuple[int, ...]
+) -> list[asyncio.Task[None]]:
+    """product-0's patch held at the lake; then patches of ``product-{n}`` queued."""
+    first = await hold_first(held, batched.patch(patch(lake, "product-0", "zero")))
+    rest = [
+        asyncio.create_task(batched.patch(patch(lake, f"product-{n}", f"p{n}"))) for n in numbers
+    ]
+    await asyncio.sleep(0)
+    return [first, *rest]
+
+
 async def test_reads_queued_behind_a_busy_read_go_as_one_query() -> None:
     lake = FakeContentLake(documents={d["_id"]: d for d in catalogue(6, 0, 3)})
     held = Held(lake, "query")
@@ -86,14 +98,9 @@ async def test_patches_queued_behind_a_busy_write_go_as_one_transaction() -> Non
     lake = FakeContentLake(documents={d["_id"]: d for d in catalogue(4, 0, 2)})
     held = Held(lake, "mutate")
     async with lake_over(held, write_senders=1) as batched:
-        first = await hold_first(held, batched.patch(patch(lake, "product-0", "zero")))
-        rest = [
-            asyncio.create_task(batched.patch(patch(lake, f"product-{n}", f"p{n}")))
-            for n in (1, 2, 3)
-        ]
-        await asyncio.sleep(0)
+        calls = await queued_behind_a_held_patch(held, batched, lake, (1, 2, 3))
         held.gate.set()
-        await asyncio.gather(first, *rest)
+        await asyncio.gather(*calls)
     batches = [[m["patch"]["id"] for m in request] for request in lake.commits]
     assert batches == [["product-0"], ["product-1", "product-2", "product-3"]]
     revisions = {m["patch"]["id"]: m["patch"]["ifRevisionID"] for m in lake.commits[1]}
@@ -105,15 +112,10 @@ async def test_a_conflict_fails_its_own_patch_and_the_others_are_sent_again() ->
     lake = FakeContentLake(documents={d["_id"]: d for d in catalogue(4, 0, 2)})
     held = Held(lake, "mutate")
     async with lake_over(held, write_senders=1) as batched:
-        first = await hold_first(held, batched.patch(patch(lake, "product-0", "zero")))
-        rest = [
-            asyncio.create_task(batched.patch(patch(lake, f"product-{n}", f"p{n}")))
-            for n in (1, 2, 3)
-        ]
-        await asyncio.sleep(0)
+        calls = await queued_behind_a_held_patch(held, batched, lake, (1, 2, 3))
         lake.edit("product-2", lambda doc: doc.update(title="an editor's"))
         held.gate.set()
-        outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert outcomes[:2] == [None, None] and outcomes[3] is None
     assert isinstance(outcomes[2], RevisionConflict) and outcomes[2].index == 1
     sent = [[m["patch"]["id"] for m in request] for request in lake.mutations]
@@ -140,14 +142,10 @@ async def test_a_conflict_that_names_no_patch_sends_each_alone() -> None:
 
     held.intercept = no_index_for_a_batch
     async with lake_over(held, write_senders=1) as batched:
-        first = await hold_first(held, batched.patch(patch(lake, "product-0", "zero")))
-        rest = [
-            asyncio.create_task(batched.patch(patch(lake, f"product-{n}", f"p{n}"))) for n in (1, 2)
-        ]
-        await asyncio.sleep(0)
+        calls = await queued_behind_a_held_patch(held, batched, lake, (1, 2))
         lake.edit("product-1", lambda doc: doc.update(title="an editor's"))
         held.gate.set()
-        outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert len(unnamed) == 1
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], RevisionConflict)
