@@ -69,6 +69,28 @@ Changes = dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
+class _View:
+    """A perspective's documents, and where each id is among them: kept until a
+    document is added or removed (a patch keeps every position), so that a query does not
+    rebuild the id index of the whole dataset."""
+
+    ids: list[str]
+    positions: list[int]  # of the perspective's documents in ``documents``
+    index: dict[str, list[int]]  # id -> position among them
+
+    @classmethod
+    def of(cls, ids: list[str], *, published: bool) -> _View:
+        hidden = ("drafts.", "versions.")
+        positions = [n for n, i in enumerate(ids) if not (published and i.startswith(hidden))]
+        return cls(ids, positions, {ids[p]: [n] for n, p in enumerate(positions)})
+
+    def select(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(self.positions) == len(docs):
+            return docs
+        return [docs[p] for p in self.positions]
+
+
+@dataclass(frozen=True)
 class _Commit:
     """A committed transaction: the mutate response, each document's (before, after), and
     the transaction time its documents carry as ``_updatedAt``."""
@@ -114,6 +136,7 @@ class ContentLake:
     _transactions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _handler: Handler | None = field(default=None, init=False)
+    _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for webhook in self.webhooks:
@@ -508,10 +531,12 @@ class ContentLake:
     ) -> Any:
         """A query over the ``published`` (or ``raw``) perspective."""
         with self._lock:
-            docs = list(self.documents.values())
-        if perspective == "published":
-            docs = [d for d in docs if not d["_id"].startswith(("drafts.", "versions."))]
-        return groq.evaluate(text, docs, params)
+            ids, docs = list(self.documents), list(self.documents.values())
+        view = self._views.get(perspective)
+        if view is None or view.ids != ids:  # a document was added or removed
+            view = _View.of(ids, published=perspective == "published")
+            self._views[perspective] = view
+        return groq.evaluate(text, view.select(docs), params, id_index=view.index)
 
     def _local(self, doc: dict[str, Any]) -> dict[str, Any]:
         """An asset document's CDN URL pointed at ``asset_base``."""

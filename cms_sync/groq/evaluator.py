@@ -29,9 +29,9 @@ class Context:
     before: Any = None
     after: Any = None
     sanity: Mapping[str, str] | None = None
-    _positions: dict[str, list[int]] | None = field(default=None, repr=False)
+    _positions: Mapping[str, Sequence[int]] | None = field(default=None, repr=False)
 
-    def _index(self, source: list[Any]) -> dict[str, list[int]]:
+    def _index(self, source: list[Any]) -> Mapping[str, Sequence[int]]:
         """Where each ``_id`` is in the dataset: built once per evaluation, on first use."""
         if self._positions is None:
             positions: dict[str, list[int]] = {}
@@ -99,6 +99,7 @@ def evaluate(
     identity: str = "me",
     sanity: Mapping[str, str] | None = None,
     mode: s.Mode | None = None,
+    id_index: Mapping[str, Sequence[int]] | None = None,
 ) -> Any:
     """Evaluate a query (text or a tree from :func:`parse`) and return JSON data.
 
@@ -110,6 +111,8 @@ def evaluate(
         before, after: the documents of a delta (webhook filter) evaluation.
         sanity: ``{"projectId", "dataset"}`` for ``sanity::projectId()`` and friends.
         mode: how to parse a text query; delta when ``before`` or ``after`` is given.
+        id_index: where each ``_id`` is in ``dataset`` (positions), when the caller keeps
+            one; otherwise it is built on first use, once per evaluation.
 
     Raises:
         GroqSyntaxError: the text does not parse.
@@ -123,6 +126,8 @@ def evaluate(
     instant = (now or datetime.now(UTC)).astimezone(UTC)
     millis = int(instant.timestamp() * 1000)
     context = Context(DateTime(millis), identity, before or None, after or None, sanity)
+    if id_index is not None:
+        context._positions = id_index
     source = list(dataset) if dataset is not None else None
     scope = Scope(dict(params or {}), source, root, context, None)
     return to_json(execute(node, scope))
@@ -287,8 +292,11 @@ def _logic(node: s.And | s.Or, scope: Scope) -> Any:
     sides are booleans.
     """
     deciding = isinstance(node, s.Or)
-    left, right = execute(node.left, scope), execute(node.right, scope)
-    if left is deciding or right is deciding:
+    left = execute(node.left, scope)
+    if left is deciding:  # the right side cannot change the answer: not evaluated
+        return deciding
+    right = execute(node.right, scope)
+    if right is deciding:
         return deciding
     if type(left) is bool and type(right) is bool:
         return not deciding
