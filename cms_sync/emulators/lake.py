@@ -137,6 +137,7 @@ class ContentLake:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _handler: Handler | None = field(default=None, init=False)
     _views: dict[str, _View] = field(default_factory=dict, init=False, repr=False)
+    _paths_of: tuple[list[str], dict[str, str]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for webhook in self.webhooks:
@@ -508,18 +509,30 @@ class ContentLake:
         with self._lock:
             if path in self.assets:
                 return self.assets[path]
-            for doc in self.documents.values():
-                url = doc.get("url")
-                if doc.get("_type") in ("sanity.imageAsset", "sanity.fileAsset") and (
-                    isinstance(url, str) and urlsplit(url).path == path
-                ):
-                    size = min(int(doc.get("size") or 1024), 256 * 1024)
-                    seed = hashlib.sha256(doc["_id"].encode()).digest()
-                    data = (seed * (size // len(seed) + 1))[:size]
-                    found = (data, doc.get("mimeType") or mime_for(path))
-                    self.assets[path] = found
-                    return found
-        return None
+            doc = self.documents.get(self._asset_paths().get(path, ""))
+            if doc is None:
+                return None
+            size = min(int(doc.get("size") or 1024), 256 * 1024)
+            seed = hashlib.sha256(doc["_id"].encode()).digest()
+            data = (seed * (size // len(seed) + 1))[:size]
+            found = (data, doc.get("mimeType") or mime_for(path))
+            self.assets[path] = found
+            return found
+
+    def _asset_paths(self) -> dict[str, str]:
+        """URL path -> asset document id, kept until a document is added or removed."""
+        ids = list(self.documents)
+        if self._paths_of is not None and self._paths_of[0] == ids:
+            return self._paths_of[1]
+        paths: dict[str, str] = {}
+        for doc_id, doc in self.documents.items():
+            url = doc.get("url")
+            if doc.get("_type") in ("sanity.imageAsset", "sanity.fileAsset") and isinstance(
+                url, str
+            ):
+                paths.setdefault(urlsplit(url).path, doc_id)
+        self._paths_of = (ids, paths)
+        return paths
 
     def published(self, doc_id: str) -> dict[str, Any] | None:
         if doc_id.startswith(("drafts.", "versions.")):
