@@ -188,7 +188,13 @@ def worker_env(emu: Emulators, database: Path, **extra: str) -> dict[str, str]:
 
 
 def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MB, exit status) of a child process."""
+    """(wall seconds, peak RSS in MB, exit status) of a child process.
+
+    The peak is the child's own ``VmHWM``, read as it runs. Not ``wait4``'s
+    ``ru_maxrss``: the child is spawned with vfork, and Linux carries the parent's
+    high-water mark into the child's at exec, so ``ru_maxrss`` reports this process
+    (whose emulators hold the whole dataset) whenever it is the larger.
+    """
     started = time.monotonic()
     child = subprocess.Popen(  # noqa: S603 - our own command
         args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -196,18 +202,28 @@ def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> tuple[
     errors = threading.Thread(target=_drain, args=(child,), daemon=True)
     errors.start()
     deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
+    peak_kb = 0
+    while child.poll() is None:
+        peak_kb = max(peak_kb, _high_water_kb(child.pid))
         if time.monotonic() > deadline:
             child.kill()
-            pid, status, usage = os.wait4(child.pid, 0)
+            child.wait()
             break
-        time.sleep(0.05)
-    child.returncode = os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
     errors.join(1)
-    return time.monotonic() - started, usage.ru_maxrss / 1024, child.returncode
+    return time.monotonic() - started, peak_kb / 1024, child.returncode
+
+
+def _high_water_kb(pid: int) -> int:
+    """The process's peak resident set so far (0 once it has gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _drain(child: subprocess.Popen[bytes]) -> None:
