@@ -47,6 +47,9 @@ def _request_handler(
 ) -> type[BaseHTTPRequestHandler]:
     class _Adapter(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # The headers and the body go out as two writes. With Nagle's algorithm the body
+        # waits for the client's delayed ACK of the headers: 40 ms added to every answer.
+        disable_nagle_algorithm = True
 
         def _handle(self) -> None:
             length = int(self.headers.get("content-length") or 0)
