@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from cms_sync import __version__
 from cms_sync.errors import InvalidResponse, ResponseTimeout, excerpt
+from cms_sync.pools import PoolShards
 from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.retry import RetryPolicy, store_is_safe
 from cms_sync.scrub import Scrubber
@@ -56,14 +57,15 @@ def http_client(
 
     Args:
         connections: the most open at once; at least the stores in flight, or stores
-            queue for a connection.
+            queue for a connection. They are held by several small pools
+            (:mod:`cms_sync.pools`): one large pool costs the event loop more per request
+            the more connections it holds.
     """
     timeout = settings.cms_sync_filestack_timeout
     return httpx.AsyncClient(
         headers={"User-Agent": f"cms-sync/{__version__}"},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        transport=transport,
+        transport=transport or PoolShards(connections),
     )
 
 
