@@ -188,8 +188,9 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> _Opened:
     conn.executescript(_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     ingest = _connection(path, busy_timeout, create=False)
+    writes = _connection(path, busy_timeout, create=False)
     stat = os.stat(path)
-    return _Opened(conn, ingest, (stat.st_dev, stat.st_ino))
+    return _Opened(conn, ingest, writes, (stat.st_dev, stat.st_ino))
 
 
 def _migrate_to_4(conn: sqlite3.Connection) -> None:
@@ -212,8 +213,9 @@ def _migrate_to_4(conn: sqlite3.Connection) -> None:
 
 @dataclass(frozen=True)
 class _Opened:
-    conn: sqlite3.Connection
-    ingest: sqlite3.Connection
+    conn: sqlite3.Connection  # reads, on the executor's thread
+    ingest: sqlite3.Connection  # the webhook's acceptances, group-committed
+    writes: sqlite3.Connection  # every other write, group-committed
     identity: tuple[int, int]  # (device, inode) of the file at the configured path
 
 
@@ -336,6 +338,7 @@ class SQLiteJobStore:
         executor: ThreadPoolExecutor,
         *,
         ingest_timeout: float,
+        write_timeout: float,
     ) -> None:
         self._path = path
         self._conn = opened.conn
@@ -344,8 +347,13 @@ class SQLiteJobStore:
         self._write_lock = threading.Lock()
         self._lost: str | None = None
         self._ingest_timeout = ingest_timeout
+        self._write_timeout = write_timeout
         self._ingest = GroupCommit(opened.ingest, self._write_lock, check=self._check_file)
         self._ingest.start()
+        self._writes = GroupCommit(
+            opened.writes, self._write_lock, check=self._check_file, name="cms-sync-writes"
+        )
+        self._writes.start()
         self._records = SQLiteAssetRecords(self)
 
     @classmethod
@@ -378,7 +386,9 @@ class SQLiteJobStore:
         except ConfigError:
             executor.shutdown(wait=False)
             raise
-        return cls(path, opened, executor, ingest_timeout=ingest_timeout)
+        return cls(
+            path, opened, executor, ingest_timeout=ingest_timeout, write_timeout=busy_timeout
+        )
 
     @property
     def records(self) -> SQLiteAssetRecords:
@@ -416,20 +426,14 @@ class SQLiteJobStore:
             raise StoreUnavailable(f"job store: {exc}") from exc
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one write transaction (``BEGIN IMMEDIATE``) on the store's thread."""
+        """Run ``fn`` in a write transaction, committed together with whatever other
+        writes are queued by then (one fsync for all; see :mod:`.groupcommit`).
 
-        def wrapped(conn: sqlite3.Connection) -> T:
-            with self._write_lock:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                return result
-
-        return await self.run(wrapped)
+        Raises:
+            StoreUnavailable: SQLite failed, or the write could not start in time.
+            Whatever ``fn`` raises: its own writes are rolled back, no one else's.
+        """
+        return await self._writes.submit(fn, budget=self._write_timeout)
 
     async def _ingest_write(self, fn: Callable[[sqlite3.Connection], T], budget: float) -> T:
         try:  # the group commit keeps the deadline; this bounds a disk that hangs
@@ -745,6 +749,7 @@ class SQLiteJobStore:
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._ingest.close)
+        await loop.run_in_executor(self._executor, self._writes.close)
         await loop.run_in_executor(self._executor, self._conn.close)
         self._executor.shutdown(wait=True)
 
