@@ -14,9 +14,10 @@ each against fresh emulators and a fresh SQLite database on the real disk:
 
 - ``backfill``: ``cms-sync backfill --now`` in a child process, once per store
   concurrency. It reports wall time, documents/s, stores/s, duplicate stores, requests,
-  429s, the child's peak RSS, and the ratio to the theoretical bound, the larger of
-  ``distinct assets x store latency / concurrency`` and ``documents / (20 mutate
-  requests/s x 50 patches, a full batch)``.
+  429s, the child's peak RSS, the CPU the worker and the emulators used (in cores: CPU
+  seconds over wall seconds; this machine has two), and the ratio to the theoretical
+  bound, the larger of ``distinct assets x store latency / concurrency`` and
+  ``documents / (20 mutate requests/s x 50 patches, a full batch)``.
 - ``baseline``: the seed guide's flow (one document at a time: a GROQ fetch, the
   filestack-python SDK's ``upload_url`` in a thread for each slot, one patch), timed
   over ``--baseline`` documents spread over the dataset and extrapolated to all of it.
@@ -38,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import subprocess
@@ -188,8 +190,8 @@ def worker_env(emu: Emulators, database: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MB, exit status) of a child process.
+def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> Child:
+    """Run a child process to its end: its wall time, peak RSS, CPU time and exit status.
 
     The peak is the child's own ``VmHWM``, read as it runs. Not ``wait4``'s
     ``ru_maxrss``: the child is spawned with vfork, and Linux carries the parent's
@@ -197,6 +199,7 @@ def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> tuple[
     (whose emulators hold the whole dataset) whenever it is the larger.
     """
     started = time.monotonic()
+    ours = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF))
     child = subprocess.Popen(  # noqa: S603 - our own command
         args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -204,15 +207,38 @@ def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> tuple[
     errors.start()
     deadline = started + timeout
     peak_kb = 0
-    while child.poll() is None:
+    while True:
         peak_kb = max(peak_kb, _high_water_kb(child.pid))
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
         if time.monotonic() > deadline:
             child.kill()
-            child.wait()
+            pid, status, usage = os.wait4(child.pid, 0)
             break
         time.sleep(0.02)
+    child.returncode = os.waitstatus_to_exitcode(status)
     errors.join(1)
-    return time.monotonic() - started, peak_kb / 1024, child.returncode
+    return Child(
+        seconds=time.monotonic() - started,
+        rss_mb=peak_kb / 1024,
+        status=child.returncode,
+        cpu=_cpu_seconds(usage),
+        emulators_cpu=_cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - ours,
+    )
+
+
+@dataclass
+class Child:
+    seconds: float
+    rss_mb: float
+    status: int
+    cpu: float  # the child's CPU seconds, user and system
+    emulators_cpu: float  # this process's meanwhile: the emulators'
+
+
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
 
 
 def _high_water_kb(pid: int) -> int:
@@ -249,6 +275,8 @@ class Row:
     queries: int = 0
     throttled: int = 0
     rss_mb: float | None = None
+    #: CPU seconds of the worker and of the emulators (this process) during the run.
+    cpu: tuple[float, float] | None = None
     bound: float | None = None
     converged: bool = True
     note: str = ""
@@ -280,18 +308,19 @@ def bench_backfill(data: Dataset, pace: Pace, concurrency: int, scratch: Path) -
     with emulators(data, pace) as (emu, lake_faults):
         database = scratch / f"backfill-{len(data.documents)}-{concurrency}.db"
         env = worker_env(emu, database, CMS_SYNC_STORE_CONCURRENCY=str(concurrency))
-        seconds, rss, status = run_child([CMS_SYNC, "backfill", "--now"], env, timeout=3600)
+        child = run_child([CMS_SYNC, "backfill", "--now"], env, timeout=3600)
         stores = emu.filestack.stores
         counts = lake_counts(emu, lake_faults)
         row = Row(
             "backfill",
             len(data.documents),
             concurrency,
-            seconds,
+            child.seconds,
             stores=len(stores),
             distinct=len({s["sources"][0] for s in stores}),
-            rss_mb=rss,
-            converged=status == 0 and converged(emu, data.ids),
+            rss_mb=child.rss_mb,
+            cpu=(child.cpu, child.emulators_cpu),
+            converged=child.status == 0 and converged(emu, data.ids),
             **counts,
         )
         row.bound = bound(data.distinct_assets, len(data.documents), concurrency, pace)
@@ -452,10 +481,10 @@ def report(rows: list[Row], baseline: Row | None, full: Dataset) -> None:
     per_doc = baseline.seconds / baseline.documents if baseline else None
     print(
         "| run | docs | stores in flight | wall s | docs/s | stores/s | stores (distinct) "
-        "| mutate requests (patches each) | queries | 429s | peak RSS MB | bound s | of bound "
-        "| vs baseline |"
+        "| mutate requests (patches each) | queries | 429s | peak RSS MB "
+        "| CPU cores: worker + emulators | bound s | of bound | vs baseline |"
     )
-    print("|---" * 14 + "|")
+    print("|---" * 15 + "|")
     for row in rows:
         versus = ""
         if per_doc is not None and row.what == "backfill":
@@ -474,6 +503,7 @@ def report(rows: list[Row], baseline: Row | None, full: Dataset) -> None:
             f"{row.queries:,}",
             str(row.throttled),
             f"{row.rss_mb:.0f}" if row.rss_mb is not None else "",
+            f"{row.cpu[0] / row.seconds:.2f} + {row.cpu[1] / row.seconds:.2f}" if row.cpu else "",
             f"{row.bound:.1f}" if row.bound else "",
             f"{row.bound / row.seconds:.2f}" if row.bound else "",
             versus,
