@@ -33,7 +33,8 @@ from cms_sync.errors import (
     ConfigError,
     ConnectError,
 )
-from cms_sync.jobs import FailedJob, Job, JobState
+from cms_sync.events import Fanout, LogEvents
+from cms_sync.jobs import FailedJob, JobState
 from cms_sync.log import configure_logging
 from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.operations import ReplayNow, ReplayRun, iso, usable_id
@@ -254,10 +255,6 @@ async def run_backfill(
         else:
             assert isinstance(settings, Settings)
 
-            def tally_report(job: Job, report: SyncReport) -> None:
-                tally.stored += report.stored
-                tally.reused += report.reused
-
             backfill.tally = tally
             backfill.throttled = lambda: sum(s.throttled for s in limiter.stats.values())
             async with open_syncer(settings, mapping, storage.records, limiter=limiter) as syncer:
@@ -266,7 +263,7 @@ async def run_backfill(
                     syncer,
                     backfill_worker_options(settings),
                     scrub=scrub,
-                    observe=tally_report,
+                    events=Fanout([LogEvents(), tally]),
                 )
                 worker.start()
                 try:

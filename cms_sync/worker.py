@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import socket
 import time
@@ -39,6 +38,7 @@ from cms_sync.errors import (
     UnavailableError,
     UnmappedType,
 )
+from cms_sync.events import Events, JobEnded, LogEvents, Verdict
 from cms_sync.jobs import Job, JobStore
 from cms_sync.scrub import Scrubber
 from cms_sync.sync import Syncer, SyncReport
@@ -48,13 +48,6 @@ log = structlog.get_logger(__name__)
 #: Delivery keys are kept a week: Sanity retries a delivery for 30 minutes.
 INBOX_RETENTION = 7 * 24 * 3600.0
 _PRUNE_EVERY = 3600.0
-
-
-class Verdict(enum.Enum):
-    DONE = "done"
-    RETRY = "retry"  # back off along the retry schedule
-    RETRY_SOON = "retry soon"  # the document is not readable yet: a short wait
-    FAIL = "fail"  # permanent: the dead-letter list
 
 
 @dataclass(frozen=True)
@@ -133,14 +126,15 @@ class Worker:
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         scrub: Scrubber | None = None,
-        observe: Callable[[Job, SyncReport], None] | None = None,
+        events: Events | None = None,
     ) -> None:
         """
         Args:
             scrub: the configured secrets, scrubbed from every error before it is stored.
-            observe: called with each job's report once its outcome is recorded.
+            events: told of each job's end once its outcome is recorded (by default,
+                the log).
         """
-        self._observe = observe
+        self._events = events or LogEvents()
         self._store = store
         self._scrub = scrub or Scrubber()
         self._syncer = syncer
@@ -285,9 +279,7 @@ class Worker:
             finally:
                 heartbeat.cancel()
             # Shielded: a shutdown must not cut the recording of a finished sync.
-            await asyncio.shield(self._record(job, report))
-            if self._observe is not None:
-                self._observe(job, report)
+            self._events.job_ended(await asyncio.shield(self._record(job, report)))
             return report
 
     async def _run(self, job: Job) -> SyncReport:
@@ -319,38 +311,41 @@ class Worker:
         except StoreUnavailable as exc:
             log.error("job_release_failed", error=str(exc))
 
-    async def _record(self, job: Job, report: SyncReport) -> None:
+    async def _record(self, job: Job, report: SyncReport) -> JobEnded:
         options = self._options
         outcome = judge(report, job, read_retries=options.read_retries)
         now = self._clock()
-        verdict, message = outcome.verdict, self._scrub(outcome.message or "")
+        verdict, scrubbed = outcome.verdict, self._scrub(outcome.message or "")
         if verdict is Verdict.RETRY and options.schedule.exhausted(job.attempts):
-            verdict, message = Verdict.FAIL, f"gave up after {job.attempts} attempts: {message}"
+            verdict, scrubbed = Verdict.FAIL, f"gave up after {job.attempts} attempts: {scrubbed}"
+        message = scrubbed or None
+        delay: float | None = None
         try:
             if verdict is Verdict.DONE:
-                note = message or None
-                kept = await self._store.finish(job, now=now, note=note)
-                log.info("job_done", stored=report.stored, reused=report.reused, note=note)
+                kept = await self._store.finish(job, now=now, note=message)
             elif verdict is Verdict.RETRY_SOON:
+                delay = options.read_retry_delay
                 kept = await self._store.retry(
-                    job,
-                    now=now,
-                    run_after=now + options.read_retry_delay,
-                    error=message,
-                    read_retry=True,
+                    job, now=now, run_after=now + delay, error=message or "", read_retry=True
                 )
-                log.info("job_waiting_for_document", error=message)
             elif verdict is Verdict.RETRY:
                 delay = options.schedule.delay(job.attempts)
                 delay = max(delay, (outcome.not_before or now) - now)
-                kept = await self._store.retry(job, now=now, run_after=now + delay, error=message)
-                log.warning("job_retry", error=message, delay=round(delay, 1))
+                kept = await self._store.retry(
+                    job, now=now, run_after=now + delay, error=message or ""
+                )
             else:
-                kept = await self._store.fail(job, now=now, error=message)
-                log.error("job_failed", error=message)
+                kept = await self._store.fail(job, now=now, error=message or "")
+            unrecorded = None
         except StoreUnavailable as exc:
-            # The lease will run out and the job run again: the sync is idempotent.
-            log.error("job_outcome_lost", error=str(exc))
-            return
-        if not kept:
-            log.warning("lease_lost_before_outcome", verdict=verdict.value)
+            kept, unrecorded = False, str(exc)
+        return JobEnded(
+            job,
+            verdict,
+            message,
+            delay,
+            stored=report.stored,
+            reused=report.reused,
+            kept=kept,
+            unrecorded=unrecorded,
+        )

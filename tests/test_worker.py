@@ -23,6 +23,7 @@ from cms_sync.errors import (
     StaleRead,
     UnmappedType,
 )
+from cms_sync.events import Events, JobEnded
 from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
@@ -76,6 +77,7 @@ async def rig(
     options: WorkerOptions | None = None,
     fs: FakeFilestack | None = None,
     filestack_transport: httpx.AsyncBaseTransport | None = None,
+    events: Events | None = None,
 ) -> AsyncIterator[Rig]:
     lake, fs = FakeContentLake.from_fixtures(), fs or FakeFilestack()
     clock = Clock(START)
@@ -90,7 +92,13 @@ async def rig(
             filestack_transport=filestack_transport or httpx.MockTransport(fs),
             clock=clock,
         ) as syncer:
-            worker = Worker(store, syncer, options or WorkerOptions(schedule=SCHEDULE), clock=clock)
+            worker = Worker(
+                store,
+                syncer,
+                options or WorkerOptions(schedule=SCHEDULE),
+                clock=clock,
+                events=events,
+            )
             yield Rig(lake, fs, store, worker, clock)
     finally:
         await store.close()
@@ -168,6 +176,41 @@ async def test_delivery_to_patched_then_our_own_update_changes_nothing(tmp_path:
         assert len(r.fs.stores) == 5 and len(r.lake.mutations) == 1
         stats = await r.store.stats(now=r.clock())
         assert stats.counts[JobState.DONE] == 1 and stats.stored_assets == 5
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ended: list[JobEnded] = []
+
+    def job_ended(self, event: JobEnded) -> None:
+        self.ended.append(event)
+
+
+async def test_listeners_hear_each_job_end_with_what_was_recorded(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, text="slow down")
+
+    fs, heard = FakeFilestack(), Recorder()
+    async with rig(tmp_path, fs=fs, events=heard) as r:
+        await r.deliver("product-1")
+        await r.worker.drain()
+        (done,) = heard.ended
+        assert (done.job.document_id, done.verdict, done.stored, done.reused) == (
+            "product-1",
+            Verdict.DONE,
+            5,
+            0,
+        )
+        assert done.kept and done.unrecorded is None and done.delay is None
+
+        fs.scripted = [refuse] * 100
+        await r.deliver("post-1")
+        await r.worker.drain()
+        retry = heard.ended[-1]
+        assert retry.verdict is Verdict.RETRY and retry.message is not None
+        assert "HTTP 429" in retry.message
+        row = await r.job("post-1")
+        assert retry.delay == pytest.approx(row["run_after"] - r.clock())
 
 
 async def test_retry_schedule_then_dead_letter_without_sleeping(tmp_path: Path) -> None:
