@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from cms_sync.errors import ConfigError, InvalidResponse
-from cms_sync.events import JobEnded
+from cms_sync.events import Event, JobEnded
 from cms_sync.groq import GroqSyntaxError, parse
 from cms_sync.jobs import BackfillRun, FailedJob, JobRequest, JobSource, JobState, JobStore
 from cms_sync.mapping import MediaField, MediaMapping
@@ -199,9 +199,10 @@ class Tally:
     stored: int = 0
     reused: int = 0
 
-    def job_ended(self, event: JobEnded) -> None:
-        self.stored += event.stored
-        self.reused += event.reused
+    def emit(self, event: Event) -> None:
+        if isinstance(event, JobEnded):
+            self.stored += event.stored
+            self.reused += event.reused
 
 
 @dataclass

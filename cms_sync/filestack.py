@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from cms_sync import __version__
 from cms_sync.errors import InvalidResponse, ResponseTimeout, excerpt
+from cms_sync.events import Events
 from cms_sync.pools import PoolShards
 from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.retry import RetryPolicy, store_is_safe
@@ -145,9 +146,11 @@ class FilestackClient:
         deadline: float = 120.0 * _DEADLINE_FACTOR,
         scrub: Scrubber | None = None,
         limiter: RateLimiter | None = None,
+        events: Events | None = None,
     ) -> None:
         self._http = http
         self._limiter = limiter or RateLimiter.unlimited()
+        self._events = events
         self._api_key = api_key
         self._process_url = process_url
         self._location = location
@@ -169,6 +172,7 @@ class FilestackClient:
         *,
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
+        events: Events | None = None,
     ) -> FilestackClient:
         return cls(
             http,
@@ -181,6 +185,7 @@ class FilestackClient:
             deadline=settings.cms_sync_filestack_timeout * _DEADLINE_FACTOR,
             scrub=Scrubber(settings.secret_values()),
             limiter=limiter,
+            events=events,
         )
 
     def storage_key(self, asset_id: str, extension: str | None) -> str:
@@ -258,7 +263,14 @@ class FilestackClient:
                     store_is_safe, operation="filestack_store"
                 ):
                     with attempt:
-                        reply = await send(self._http, request, service=SERVICE, scrub=self._scrub)
+                        reply = await send(
+                            self._http,
+                            request,
+                            service=SERVICE,
+                            scrub=self._scrub,
+                            events=self._events,
+                            operation="store",
+                        )
         except TimeoutError:
             raise ResponseTimeout(
                 SERVICE, f"store not answered within {self.deadline:g} s"

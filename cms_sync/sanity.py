@@ -16,6 +16,7 @@ import httpx
 
 from cms_sync import __version__
 from cms_sync.errors import InvalidResponse, RateLimited, RevisionConflict
+from cms_sync.events import Events
 from cms_sync.ratelimit import Limit, RateLimiter
 from cms_sync.retry import RetryPolicy, guarded_mutation_is_safe, query_is_safe
 from cms_sync.scrub import Scrubber
@@ -102,9 +103,11 @@ class SanityClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         scrub: Scrubber | None = None,
         limiter: RateLimiter | None = None,
+        events: Events | None = None,
     ) -> None:
         """
         Args:
+            events: told of each request (its time and status).
             scrub: the configured secrets, scrubbed from errors built from answers (the
                 request's bearer token always is).
             limiter: the process's rate limits; every request (each retry too) takes a
@@ -112,6 +115,7 @@ class SanityClient:
         """
         self._http = http
         self._limiter = limiter or RateLimiter.unlimited()
+        self._events = events
         self._scrub = scrub
         self._dataset = dataset
         self._retry = retry or RetryPolicy()
@@ -142,7 +146,7 @@ class SanityClient:
         request = self.query_request(query, params)
         async for attempt in self._retry.retrying(query_is_safe, operation="sanity_query"):
             with attempt:
-                reply = await self._send(request, Limit.SANITY_CALL)
+                reply = await self._send(request, "query", Limit.SANITY_CALL)
         body = json_body(reply, service=SERVICE)
         if not isinstance(body, dict) or "result" not in body:
             raise InvalidResponse(SERVICE, reply.status, "query response has no 'result'")
@@ -168,7 +172,7 @@ class SanityClient:
             guarded_mutation_is_safe, operation="sanity_mutate"
         ):
             with attempt:
-                reply = await self._send(request, Limit.SANITY_MUTATE, Limit.SANITY_CALL)
+                reply = await self._send(request, "mutate", Limit.SANITY_MUTATE, Limit.SANITY_CALL)
         body = json_body(reply, service=SERVICE)
         if not isinstance(body, dict) or not isinstance(body.get("results"), list):
             raise InvalidResponse(SERVICE, reply.status, "mutate response has no 'results'")
@@ -180,7 +184,7 @@ class SanityClient:
         """Wait until a mutate request could go at once under the rate limits."""
         await self._limiter.ready(Limit.SANITY_MUTATE, Limit.SANITY_CALL)
 
-    async def _send(self, request: httpx.Request, *limits: Limit) -> Reply:
+    async def _send(self, request: httpx.Request, operation: str, *limits: Limit) -> Reply:
         """One request, after the rate limits it counts against (the first is the one a
         429 is charged to)."""
         await self._limiter.acquire(*limits)
@@ -190,6 +194,8 @@ class SanityClient:
             service=SERVICE,
             max_bytes=self._max_response_bytes,
             scrub=self._scrub,
+            events=self._events,
+            operation=operation,
         )
         try:
             raise_for_status(reply, service=SERVICE, parse_error=parse_error)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
+from cms_sync.events import Events, LogEvents
 from cms_sync.jobs import JobStore
 from cms_sync.mapping import MediaMapping
 from cms_sync.worker import Worker
@@ -24,3 +25,5 @@ class Service:
     signature_tolerance: float | None
     clock: Callable[[], float]
     worker_required: bool = True
+    #: Told how each delivery was answered (the log, metrics).
+    events: Events = field(default_factory=LogEvents)

@@ -34,6 +34,14 @@ from cms_sync.errors import (
     StoreGaveUp,
     UnmappedType,
 )
+from cms_sync.events import (
+    AssetStored,
+    Events,
+    LogEvents,
+    PatchConflict,
+    StoreUnanswered,
+    SyncEnded,
+)
 from cms_sync.filestack import FilestackClient
 from cms_sync.lake import MAX_BATCH, Lake
 from cms_sync.mapping import MediaMapping
@@ -46,8 +54,6 @@ from cms_sync.sanity import SanityClient
 from cms_sync.scrub import Scrubber
 from cms_sync.settings import RequestSettings, SanitySettings, SyncSettings
 from cms_sync.timestamps import parse_timestamp
-
-log = structlog.get_logger(__name__)
 
 #: How long past a store's deadline the ledger holds the asset for it.
 _HOLD_SLACK = 5.0
@@ -102,9 +108,12 @@ class Syncer:
         ambiguity: Backoff | None = None,
         batch_size: int = MAX_BATCH,
         clock: Callable[[], float] = time.time,
+        events: Events | None = None,
     ) -> None:
         """
         Args:
+            events: told of each store, unanswered store, conflict and sync (the log
+                when None).
             batch_size: the most documents read in one query, or patched in one
                 transaction (1: each alone).
             ambiguity: the per-asset backoff after a store whose answer was lost, and
@@ -120,6 +129,7 @@ class Syncer:
         self._inflight: dict[str, asyncio.Future[StoredAsset]] = {}
         self._ambiguity = ambiguity or Backoff(base=30.0, max_attempts=3)
         self._clock = clock
+        self._events = events or LogEvents()
 
     async def plan(self, document_id: str, *, not_before: float | None = None) -> Plan:
         """Fetch the published document and plan every media slot.
@@ -159,7 +169,8 @@ class Syncer:
                 await self._sync(report, dry_run=dry_run, not_before=not_before)
             except CmsSyncError as exc:
                 report.error = exc
-                log.warning("sync_failed", error=str(exc), error_type=type(exc).__name__)
+            if not dry_run or report.error is not None:
+                self._events.emit(_ended(report))
         return report
 
     async def _sync(self, report: SyncReport, *, dry_run: bool, not_before: float | None) -> None:
@@ -174,17 +185,15 @@ class Syncer:
             _tally(report, plan, resolution, made_here)
             mutation = build_patch(plan, resolution.records)
             if mutation is None:
-                log.info("document_in_sync", rev=plan.document.rev)
                 return
             try:
                 await self._lake.patch(mutation)
             except RevisionConflict:
-                log.info("patch_conflict", rev=plan.document.rev, attempt=attempt + 1)
+                self._events.emit(PatchConflict(report.document_id, plan.document.rev, attempt + 1))
                 if attempt == self._max_replans:
                     raise
                 continue
             report.patched = True
-            log.info("document_patched", rev=plan.document.rev, slots=report.stored + report.reused)
             return
 
     async def _resolve(self, plan: Plan, made_here: set[str]) -> _Resolution:
@@ -259,7 +268,7 @@ class Syncer:
             mime_type=stored.mime_type or asset.mime_type,
         )
         await self._records.put(record)
-        log.info("asset_stored", asset_id=asset.id, handle=record.handle, size=record.size)
+        self._events.emit(AssetStored(asset.id, record.handle, record.size))
         return record
 
     def _refusal(self, asset_id: str, gate: StoreGate) -> CmsSyncError:
@@ -285,7 +294,7 @@ class Syncer:
         )
         if not maybe_stored:
             return None
-        log.warning("store_unanswered", asset_id=asset_id, attempts=gate.attempts, error=str(exc))
+        self._events.emit(StoreUnanswered(asset_id, gate.attempts, str(exc)))
         if gate.attempts >= self._ambiguity.max_attempts:
             return StoreGaveUp(
                 asset_id, attempts=gate.attempts, storage_key=gate.storage_key, last_error=str(exc)
@@ -324,8 +333,12 @@ async def open_syncer(
     sanity_transport: httpx.AsyncBaseTransport | None = None,
     filestack_transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
+    events: Events | None = None,
 ) -> AsyncIterator[Syncer]:
-    """A :class:`Syncer` with its two HTTP clients, closed on exit (transports for tests)."""
+    """A :class:`Syncer` with its two HTTP clients, closed on exit (transports for tests).
+
+    ``events`` hears the syncer and both clients (the log when None).
+    """
     retry = retry or retry_policy(settings)
     limiter = limiter or rate_limiter(settings)
     async with (
@@ -343,9 +356,10 @@ async def open_syncer(
                 retry=retry,
                 scrub=Scrubber(settings.secret_values()),
                 limiter=limiter,
+                events=events,
             ),
             filestack=filestack.FilestackClient.from_settings(
-                filestack_http, settings, retry=retry, limiter=limiter
+                filestack_http, settings, retry=retry, limiter=limiter, events=events
             ),
             mapping=mapping,
             allowed_hosts=settings.asset_allow_list,
@@ -358,7 +372,22 @@ async def open_syncer(
                 max_attempts=settings.cms_sync_ambiguous_store_max,
             ),
             clock=clock,
+            events=events,
         )
+
+
+def _ended(report: SyncReport) -> SyncEnded:
+    error = report.error
+    return SyncEnded(
+        report.document_id,
+        rev=report.plan.document.rev if report.plan is not None else None,
+        patched=report.patched,
+        stored=report.stored,
+        reused=report.reused,
+        failed_slots=len(report.failures),
+        error=None if error is None else str(error),
+        error_type=None if error is None else type(error).__name__,
+    )
 
 
 def _filename(asset: Asset) -> str | None:

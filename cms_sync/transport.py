@@ -10,6 +10,7 @@ itself (an upstream that echoes the request would otherwise put them in our erro
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from cms_sync.errors import (
     excerpt,
     status_error,
 )
+from cms_sync.events import CallEnded, Events, Remote
 from cms_sync.scrub import Scrubber, request_secrets
 
 #: Largest response body read into memory; API answers for one document are far smaller.
@@ -84,11 +86,43 @@ async def send(
     service: str,
     max_bytes: int = MAX_RESPONSE_BYTES,
     scrub: Scrubber | None = None,
+    events: Events | None = None,
+    operation: str = "call",
 ) -> Reply:
     """Send ``request`` and read at most ``max_bytes`` of the answer.
 
     Args:
         scrub: the configured secrets; the request's own are added.
+        events: told of the call as ``operation`` (:class:`~cms_sync.events.CallEnded`),
+            with the time to the whole answer or to the failure.
+
+    Raises:
+        TransportError: (or a subclass) no complete answer.
+        InvalidResponse: the body is larger than ``max_bytes``.
+    """
+    if events is None:
+        return await _exchange(client, request, service=service, max_bytes=max_bytes, scrub=scrub)
+    remote, started = Remote(service.lower()), time.perf_counter()
+    try:
+        reply = await _exchange(client, request, service=service, max_bytes=max_bytes, scrub=scrub)
+    except BaseException as exc:  # cancelled (a deadline) too: the call still took time
+        status = exc.status if isinstance(exc, InvalidResponse) else None
+        seconds = time.perf_counter() - started
+        events.emit(CallEnded(remote, operation, seconds, status, type(exc).__name__))
+        raise
+    events.emit(CallEnded(remote, operation, time.perf_counter() - started, reply.status))
+    return reply
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    service: str,
+    max_bytes: int,
+    scrub: Scrubber | None,
+) -> Reply:
+    """Send ``request`` and read at most ``max_bytes`` of the answer.
 
     Raises:
         TransportError: (or a subclass) no complete answer.

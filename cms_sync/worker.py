@@ -105,6 +105,13 @@ def judge(report: SyncReport, job: Job, *, read_retries: int) -> Outcome:
     return Outcome(Verdict.DONE)
 
 
+def error_types(report: SyncReport) -> tuple[str, ...]:
+    """The class of each error in the report: the document's, then each failed slot's."""
+    errors = [report.error] if report.error is not None else []
+    errors += [failure.error for failure in report.failures]
+    return tuple(type(error).__name__ for error in errors)
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     concurrency: int = 4
@@ -268,7 +275,10 @@ class Worker:
     async def execute(self, job: Job) -> SyncReport | None:
         """Run one claimed job and record its outcome; None when it was released unrun."""
         with structlog.contextvars.bound_contextvars(
-            job_id=job.id, document_id=job.document_id, attempt=job.attempts
+            job_id=job.id,
+            document_id=job.document_id,
+            attempt=job.attempts,
+            source=job.source.value,
         ):
             heartbeat = asyncio.create_task(self._heartbeat(job))
             try:
@@ -279,7 +289,7 @@ class Worker:
             finally:
                 heartbeat.cancel()
             # Shielded: a shutdown must not cut the recording of a finished sync.
-            self._events.job_ended(await asyncio.shield(self._record(job, report)))
+            self._events.emit(await asyncio.shield(self._record(job, report)))
             return report
 
     async def _run(self, job: Job) -> SyncReport:
@@ -348,4 +358,5 @@ class Worker:
             reused=report.reused,
             kept=kept,
             unrecorded=unrecorded,
+            errors=error_types(report),
         )

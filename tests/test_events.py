@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from cms_sync.events import Fanout, JobEnded, LogEvents, Verdict
+from cms_sync.events import (
+    CallEnded,
+    DeliveryEnded,
+    DeliveryOutcome,
+    Event,
+    Fanout,
+    JobEnded,
+    LogEvents,
+    PatchConflict,
+    Remote,
+    StoreUnanswered,
+    SyncEnded,
+    Verdict,
+)
 from cms_sync.jobs import Job, JobState
 
 
@@ -21,9 +34,9 @@ def job() -> Job:
     )
 
 
-def lines(event: JobEnded) -> list[dict[str, object]]:
+def lines(event: Event) -> list[dict[str, object]]:
     with capture_logs() as logs:
-        LogEvents().job_ended(event)
+        LogEvents().emit(event)
     return [{k: v for k, v in line.items() if k != "log_level"} for line in logs]
 
 
@@ -59,8 +72,43 @@ def test_fanout_tells_every_listener_in_order() -> None:
         def __init__(self, name: str) -> None:
             self.name = name
 
-        def job_ended(self, event: JobEnded) -> None:
+        def emit(self, event: Event) -> None:
+            assert isinstance(event, JobEnded)
             heard.append((self.name, event.verdict))
 
-    Fanout([Listener("log"), Listener("tally")]).job_ended(JobEnded(job(), Verdict.FAIL))
+    Fanout([Listener("log"), Listener("tally")]).emit(JobEnded(job(), Verdict.FAIL))
     assert heard == [("log", Verdict.FAIL), ("tally", Verdict.FAIL)]
+
+
+def test_the_sync_and_the_deliveries_keep_their_log_lines() -> None:
+    assert lines(SyncEnded("p", "r2", patched=True, stored=2, reused=1)) == [
+        {"event": "document_patched", "rev": "r2", "slots": 3}
+    ]
+    assert lines(SyncEnded("p", "r2", patched=False)) == [
+        {"event": "document_in_sync", "rev": "r2"}
+    ]
+    # Slots failed and nothing was written: the job's line says why, not "in sync".
+    assert lines(SyncEnded("p", "r2", patched=False, failed_slots=1)) == []
+    assert lines(SyncEnded("p", None, patched=False, error="gone", error_type="X")) == [
+        {"event": "sync_failed", "error": "gone", "error_type": "X"}
+    ]
+    assert lines(PatchConflict("p", "r2", 1)) == [
+        {"event": "patch_conflict", "rev": "r2", "attempt": 1}
+    ]
+    assert lines(StoreUnanswered("image-a", 2, "no answer")) == [
+        {"event": "store_unanswered", "asset_id": "image-a", "attempts": 2, "error": "no answer"}
+    ]
+    assert lines(DeliveryEnded(DeliveryOutcome.QUEUED, queued=("a",), coalesced=("b",))) == [
+        {"event": "delivery_queued", "queued": ["a"], "coalesced": ["b"]}
+    ]
+    assert lines(DeliveryEnded(DeliveryOutcome.UNAUTHORIZED, "invalid signature: stale")) == [
+        {
+            "event": "delivery_rejected",
+            "outcome": "unauthorized",
+            "reason": "invalid signature: stale",
+        }
+    ]
+    assert lines(DeliveryEnded(DeliveryOutcome.UNAVAILABLE, "disk full")) == [
+        {"event": "delivery_not_stored", "error": "disk full"}
+    ]
+    assert lines(CallEnded(Remote.SANITY, "query", 0.01, 200)) == []  # metrics only

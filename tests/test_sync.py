@@ -1,17 +1,29 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections import Counter
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from cms_sync.errors import ConnectError, RejectedError, RevisionConflict, SlotBlocked
+from cms_sync.events import (
+    AssetStored,
+    CallEnded,
+    Event,
+    PatchConflict,
+    Remote,
+    StoreUnanswered,
+    SyncEnded,
+)
 from cms_sync.records import MemoryAssetRecords, StoredAsset
 from fakes import FakeContentLake, FakeFilestack
 from wiring import make_settings, wired_syncer
 
 pytestmark = pytest.mark.anyio
+
+E = TypeVar("E")
 
 FIELDS = ("filestackHandle", "filestackUrl", "filestackSize", "filestackMimeType")
 PRODUCT_1_SLOTS = (
@@ -265,3 +277,80 @@ async def test_records_are_written_before_the_patch() -> None:
         await syncer.sync("post-1")
     handle = lake.slot_value("post-1", "mainImage")["filestackHandle"]
     assert events == [f"record {handle}", "mutate"]
+
+
+class Heard:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def test_the_syncer_and_its_clients_tell_every_store_call_and_the_end() -> None:
+    lake, fs, heard = FakeContentLake.from_fixtures(), FakeFilestack(), Heard()
+    edits: list[int] = []
+
+    def editor_publishes_meanwhile(lake: FakeContentLake) -> None:
+        if not edits:
+            edits.append(1)
+            lake.touch(lake.documents["product-1"])
+
+    lake.before_mutate = editor_publishes_meanwhile
+    async with wired_syncer(lake, fs, events=heard) as syncer:
+        await syncer.sync("product-1")
+
+    stored = heard.of(AssetStored)
+    assert sorted(e.handle for e in stored) == sorted(fs.files)
+    assert [e.attempt for e in heard.of(PatchConflict)] == [1]
+    (ended,) = heard.of(SyncEnded)
+    assert (ended.document_id, ended.patched, ended.stored, ended.error) == (
+        "product-1",
+        True,
+        5,
+        None,
+    )
+    assert ended.rev is not None
+    calls = heard.of(CallEnded)
+    by_kind = Counter((c.remote, c.operation, c.status) for c in calls)
+    assert by_kind[Remote.FILESTACK, "store", 200] == 5
+    assert by_kind[Remote.SANITY, "mutate", 409] == 1
+    assert by_kind[Remote.SANITY, "mutate", 200] == 1
+    assert all(c.seconds >= 0 and c.error_type is None for c in calls)
+
+
+async def test_a_store_without_an_answer_is_told_as_unanswered_with_its_error_class() -> None:
+    lake, fs, heard = FakeContentLake.from_fixtures(), FakeFilestack(), Heard()
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="bad gateway")
+
+    fs.scripted = [gateway]
+    async with wired_syncer(lake, fs, events=heard) as syncer:
+        await syncer.sync("post-1")
+    (unanswered,) = heard.of(StoreUnanswered)
+    assert unanswered.attempts == 1 and "502" in unanswered.error
+    (ended,) = heard.of(SyncEnded)
+    assert not ended.patched and ended.failed_slots == 1 and ended.error is None
+    assert [c.status for c in heard.of(CallEnded) if c.operation == "store"] == [502]
+
+
+async def test_a_call_that_gets_no_answer_is_told_with_the_error() -> None:
+    lake, fs, heard = FakeContentLake.from_fixtures(), FakeFilestack(), Heard()
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    lake.scripted = [down] * 10
+    async with wired_syncer(lake, fs, events=heard) as syncer:
+        report = await syncer.sync("post-1")
+    assert report.error is not None
+    (ended,) = heard.of(SyncEnded)
+    assert ended.error_type == type(report.error).__name__ == "ConnectError"
+    calls = heard.of(CallEnded)
+    assert calls and all(
+        (c.remote, c.status, c.error_type) == (Remote.SANITY, None, "ConnectError") for c in calls
+    )

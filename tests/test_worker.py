@@ -23,7 +23,7 @@ from cms_sync.errors import (
     StaleRead,
     UnmappedType,
 )
-from cms_sync.events import Events, JobEnded
+from cms_sync.events import Event, Events, JobEnded
 from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
@@ -182,8 +182,9 @@ class Recorder:
     def __init__(self) -> None:
         self.ended: list[JobEnded] = []
 
-    def job_ended(self, event: JobEnded) -> None:
-        self.ended.append(event)
+    def emit(self, event: Event) -> None:
+        if isinstance(event, JobEnded):
+            self.ended.append(event)
 
 
 async def test_listeners_hear_each_job_end_with_what_was_recorded(tmp_path: Path) -> None:

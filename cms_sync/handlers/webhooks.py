@@ -23,6 +23,8 @@ from cms_sync.errors import (
     SignatureError,
     StoreUnavailable,
 )
+from cms_sync.events import DeliveryEnded, DeliveryOutcome
+from cms_sync.jobs import JobSource
 from cms_sync.service import Service
 
 log = structlog.get_logger(__name__)
@@ -53,21 +55,27 @@ async def sanity_webhook(request: Request) -> JSONResponse:
     key = request.headers.get("idempotency-key")
     # bind and reset, not bound_contextvars(): this runs per delivery, and that
     # context manager copies every bound variable on the way in and out.
-    tokens = structlog.contextvars.bind_contextvars(delivery_id=key)
+    tokens = structlog.contextvars.bind_contextvars(delivery_id=key, source=JobSource.WEBHOOK.value)
     try:
         return await _handle(request, service, key)
     finally:
         structlog.contextvars.reset_contextvars(**tokens)
 
 
+def _ended(service: Service, outcome: DeliveryOutcome, status: int, message: str) -> JSONResponse:
+    service.events.emit(DeliveryEnded(outcome, message))
+    return _error(status, message)
+
+
 async def _handle(request: Request, service: Service, key: str | None) -> JSONResponse:
     try:
         body = await _read_body(request, service.max_body)
     except _TooLarge:
-        log.warning("delivery_rejected", reason="body too large", limit=service.max_body)
-        return _error(413, f"body larger than {service.max_body} bytes")
+        return _ended(
+            service, DeliveryOutcome.TOO_LARGE, 413, f"body larger than {service.max_body} bytes"
+        )
     except ClientDisconnect:
-        return _error(400, "client disconnected")
+        return _ended(service, DeliveryOutcome.MALFORMED, 400, "client disconnected")
     if service.webhook_secret is not None:
         try:
             signature.verify(
@@ -78,8 +86,7 @@ async def _handle(request: Request, service: Service, key: str | None) -> JSONRe
                 now=service.clock(),
             )
         except SignatureError as exc:
-            log.warning("delivery_rejected", reason=str(exc))
-            return _error(401, f"invalid signature: {exc}")
+            return _ended(service, DeliveryOutcome.UNAUTHORIZED, 401, f"invalid signature: {exc}")
     else:
         log.warning("delivery_unverified", reason="--insecure-skip-signature")
     try:
@@ -87,29 +94,36 @@ async def _handle(request: Request, service: Service, key: str | None) -> JSONRe
             body, request.headers, service.mapping, max_documents=service.max_documents
         )
     except MalformedDelivery as exc:
-        log.warning("delivery_rejected", reason=str(exc))
-        return _error(400, str(exc))
+        return _ended(service, DeliveryOutcome.MALFORMED, 400, str(exc))
     except DeliveryTooLarge as exc:
-        log.warning("delivery_rejected", reason=str(exc))
-        return _error(413, str(exc))
-    ignored = [{"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored]
+        return _ended(service, DeliveryOutcome.TOO_LARGE, 413, str(exc))
+    documents = [r.document_id for r in delivery.requests] + [i for i, _ in delivery.ignored]
+    structlog.contextvars.bind_contextvars(document_id=",".join(documents) or None)
+    ignored = tuple({"id": doc_id, "reason": reason} for doc_id, reason in delivery.ignored)
     if not delivery.requests:
-        log.info("delivery_ignored", ignored=ignored)
-        return JSONResponse({"status": "ignored", "ignored": ignored})
+        service.events.emit(DeliveryEnded(DeliveryOutcome.IGNORED, ignored=ignored))
+        return JSONResponse({"status": "ignored", "ignored": list(ignored)})
     try:
         accepted = await service.store.accept(key, delivery.requests, now=service.clock())
     except StoreUnavailable as exc:
-        log.error("delivery_not_stored", error=str(exc))
+        service.events.emit(DeliveryEnded(DeliveryOutcome.UNAVAILABLE, str(exc)))
         return _error(503, "job store unavailable; retry later")
     if accepted.duplicate:
-        log.info("delivery_duplicate")
+        service.events.emit(DeliveryEnded(DeliveryOutcome.DUPLICATE))
         return JSONResponse({"status": "duplicate"})
     service.worker.wake()
+    service.events.emit(
+        DeliveryEnded(
+            DeliveryOutcome.QUEUED,
+            queued=accepted.queued,
+            coalesced=accepted.coalesced,
+            ignored=ignored,
+        )
+    )
     result: dict[str, Any] = {
         "status": "queued",
         "queued": list(accepted.queued),
         "coalesced": list(accepted.coalesced),
-        "ignored": ignored,
+        "ignored": list(ignored),
     }
-    log.info("delivery_queued", queued=result["queued"], coalesced=result["coalesced"])
     return JSONResponse(result, status_code=202)

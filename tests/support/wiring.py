@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from cms_sync.events import Events
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
 from cms_sync.records import AssetRecords, MemoryAssetRecords
@@ -97,6 +98,7 @@ async def wired_syncer(
     settings: Settings | None = None,
     records: AssetRecords | None = None,
     retry: RetryPolicy | None = None,
+    events: Events | None = None,
 ) -> AsyncIterator[Syncer]:
     async with open_syncer(
         settings or make_settings(),
@@ -105,6 +107,7 @@ async def wired_syncer(
         retry=retry or no_wait_policy(),
         sanity_transport=httpx.MockTransport(lake),
         filestack_transport=httpx.MockTransport(fs),
+        events=events,
     ) as syncer:
         yield syncer
 
