@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cms_sync.records import AssetRecords
@@ -123,6 +123,8 @@ class StoreStats:
     #: Assets whose last store went unanswered (or is in flight) and that have no record.
     unanswered_stores: int = 0
     running: tuple[RunningJob, ...] = ()  # oldest first
+    #: Jobs by state and source (states and sources without jobs left out).
+    by_source: dict[tuple[JobState, JobSource], int] = field(default_factory=dict)
 
 
 class JobStore(Protocol):

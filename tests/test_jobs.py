@@ -273,6 +273,20 @@ async def test_stats_and_next_due(store: JobStore) -> None:
     assert await store.next_due() == 10
 
 
+async def test_stats_count_jobs_by_state_and_source(store: JobStore) -> None:
+    await store.accept("k", [ev("a"), ev("b")], now=0)
+    await store.enqueue([JobRequest("c", source=JobSource.REPLAY)], now=1)
+    job = await claim(store, now=2, document_id="a")
+    assert job is not None and await store.finish(job, now=3)
+    stats = await store.stats(now=4)
+    assert stats.by_source == {
+        (JobState.DONE, JobSource.WEBHOOK): 1,
+        (JobState.PENDING, JobSource.WEBHOOK): 1,
+        (JobState.PENDING, JobSource.REPLAY): 1,
+    }
+    assert stats.counts[JobState.PENDING] == 2 and stats.counts[JobState.DONE] == 1
+
+
 async def test_claim_of_one_document(store: JobStore) -> None:
     await store.accept("k", [ev("a"), ev("b")], now=0)
     job = await claim(store, document_id="b")

@@ -765,8 +765,12 @@ class PostgresJobStore:
     async def stats(self, *, now: float) -> StoreStats:
         async def read(conn: Conn) -> StoreStats:
             counts = {state: 0 for state in JobState}
-            for row in await _all(conn, "SELECT state, count(*) AS n FROM jobs GROUP BY state"):
-                counts[JobState(row["state"])] = row["n"]
+            by_source: dict[tuple[JobState, JobSource], int] = {}
+            for row in await _all(
+                conn, "SELECT state, source, count(*) AS n FROM jobs GROUP BY state, source"
+            ):
+                counts[JobState(row["state"])] += row["n"]
+                by_source[JobState(row["state"]), JobSource(row["source"])] = row["n"]
             summary = await _one(
                 conn,
                 "SELECT (SELECT min(created_at) FROM jobs WHERE state = 'pending') AS oldest,"
@@ -787,6 +791,7 @@ class PostgresJobStore:
                 stored_assets=summary["assets"],
                 unanswered_stores=summary["unanswered"],
                 running=tuple(RunningJob(*row.values()) for row in running),
+                by_source=by_source,
             )
 
         return await self.run(read)

@@ -689,8 +689,12 @@ class SQLiteJobStore:
     async def stats(self, *, now: float) -> StoreStats:
         def read(conn: sqlite3.Connection) -> StoreStats:
             counts = {state: 0 for state in JobState}
-            for state, count in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
-                counts[JobState(state)] = count
+            by_source: dict[tuple[JobState, JobSource], int] = {}
+            for state, source, count in conn.execute(
+                "SELECT state, source, count(*) FROM jobs GROUP BY state, source"
+            ):
+                counts[JobState(state)] += count
+                by_source[JobState(state), JobSource(source)] = count
             oldest = conn.execute(
                 "SELECT min(created_at) FROM jobs WHERE state = 'pending'"
             ).fetchone()[0]
@@ -709,6 +713,7 @@ class SQLiteJobStore:
                 stored_assets=assets,
                 unanswered_stores=unanswered,
                 running=tuple(RunningJob(*row) for row in running),
+                by_source=by_source,
             )
 
         return await self.run(read)
