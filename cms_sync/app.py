@@ -19,16 +19,19 @@ from starlette.routing import Route
 
 from cms_sync.backoff import Backoff
 from cms_sync.errors import ConfigError
+from cms_sync.events import Fanout, LogEvents
 from cms_sync.handlers.health import healthz, readyz
+from cms_sync.handlers.metrics import metrics
 from cms_sync.handlers.webhooks import sanity_webhook
 from cms_sync.mapping import MediaMapping
+from cms_sync.metrics import Metrics
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
 from cms_sync.serving import AcceptErrorLog
 from cms_sync.settings import JobSettings, Settings
 from cms_sync.storage import Storage, open_storage
-from cms_sync.sync import open_syncer
+from cms_sync.sync import open_syncer, rate_limiter
 from cms_sync.worker import Worker, WorkerOptions
 
 log = structlog.get_logger(__name__)
@@ -96,6 +99,9 @@ def create_app(
                     )
                 )
             job_store = opened.jobs
+            limiter = rate_limiter(settings)
+            app.state.metrics = meters = Metrics(limiter)
+            events = Fanout([LogEvents(), meters])
             async with open_syncer(
                 settings,
                 mapping,
@@ -104,6 +110,8 @@ def create_app(
                 sanity_transport=sanity_transport,
                 filestack_transport=filestack_transport,
                 clock=clock,
+                limiter=limiter,
+                events=events,
             ) as syncer:
                 worker = Worker(
                     job_store,
@@ -111,6 +119,7 @@ def create_app(
                     worker_options(settings),
                     clock=clock,
                     scrub=Scrubber(settings.secret_values()),
+                    events=events,
                 )
                 app.state.service = Service(
                     store=job_store,
@@ -122,6 +131,7 @@ def create_app(
                     signature_tolerance=settings.cms_sync_webhook_tolerance,
                     clock=clock,
                     worker_required=start_worker,
+                    events=events,
                 )
                 if not verify_signatures:
                     log.warning(
@@ -141,5 +151,6 @@ def create_app(
         Route("/webhooks/sanity", sanity_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

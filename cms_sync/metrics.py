@@ -1,0 +1,219 @@
+"""Prometheus metrics: a listener of the events, and the job store read at scrape time.
+
+Counters and histograms move as events arrive (:mod:`cms_sync.events`); nothing in the
+worker, the syncer or the clients knows they exist. What the job store knows (jobs by
+state and source, the queue's depth and age, assets waiting on an unanswered store) is
+read when Prometheus scrapes, so it is right for every replica writing to the same store;
+the rate limiter's waits are read from its own tally at the same time.
+
+``cms-sync serve`` runs the webhook and the worker in one process, so one registry per
+app is the whole story (no multiprocess mode). Each replica is a target of its own: sum
+the counters across them; the store's gauges are the same on every replica, so take
+``max``. Every name starts with ``cms_sync_``; no label holds a document id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cms_sync.errors import StoreUnavailable
+from cms_sync.events import (
+    AssetStored,
+    CallEnded,
+    DeliveryEnded,
+    DeliveryOutcome,
+    Event,
+    JobEnded,
+    PatchConflict,
+    StoreUnanswered,
+    SyncEnded,
+)
+from cms_sync.jobs import JobSource, JobState, StoreStats
+from cms_sync.ratelimit import RateLimiter
+
+#: The text format every Prometheus version reads (what ``generate_latest`` writes for
+#: names like ours; newer clients label it 1.0.0, which older scrapers do not know).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: From a fast Sanity query (a few ms) to a large store (Filestack allows minutes).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def status_class(status: int | None, error_type: str | None) -> str:
+    """A call's outcome as a label of few values: 2xx, 4xx, 429, 5xx, or the error."""
+    if status is None or error_type is not None:
+        return error_type or "no_answer"
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx"
+
+
+class HasStats(Protocol):
+    """The part of a job store a scrape reads."""
+
+    async def stats(self, *, now: float) -> StoreStats: ...
+
+
+class _LimiterWaits(Collector):
+    """The rate limiter's tally, read at scrape time."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> Iterable[Metric]:
+        waits = CounterMetricFamily(
+            "cms_sync_rate_limit_waits",
+            "Requests that waited for a rate-limit token, by limit.",
+            labels=["limit"],
+        )
+        waited = CounterMetricFamily(
+            "cms_sync_rate_limit_wait_seconds",
+            "Seconds spent waiting for rate-limit tokens, by limit.",
+            labels=["limit"],
+        )
+        for limit, stats in sorted(self._limiter.stats.items()):
+            waits.add_metric([limit.value], stats.waits)
+            waited.add_metric([limit.value], stats.waited)
+        yield waits
+        yield waited
+
+
+class Metrics:
+    """The service's metrics in one registry of its own (one per app, so tests and
+    several apps in one process do not collide)."""
+
+    def __init__(self, limiter: RateLimiter | None = None) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "cms_sync_deliveries",
+            "Sanity webhook deliveries, by how they were answered.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.job_runs = Counter(
+            "cms_sync_job_runs",
+            "Job runs, by verdict and by who asked for the job.",
+            ["verdict", "source"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "cms_sync_errors",
+            "Errors of job runs, by class: the document's, and each failed slot's.",
+            ["error"],
+            registry=registry,
+        )
+        self.stored = Counter(
+            "cms_sync_assets_stored",
+            "Assets stored in Filestack (one store each).",
+            registry=registry,
+        )
+        self.reused = Counter(
+            "cms_sync_slots_reused",
+            "Slots patched from an earlier store of the same asset (no store of their own).",
+            registry=registry,
+        )
+        self.unanswered = Counter(
+            "cms_sync_stores_unanswered",
+            "Stores whose answer was lost: Filestack may hold a copy (ambiguous stores).",
+            registry=registry,
+        )
+        self.patch_conflicts = Counter(
+            "cms_sync_patch_conflicts",
+            "Patches refused because the document changed after it was read.",
+            registry=registry,
+        )
+        self.calls = Histogram(
+            "cms_sync_remote_call_seconds",
+            "Time of each request to Sanity or Filestack, to the whole answer.",
+            ["remote", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.call_outcomes = Counter(
+            "cms_sync_remote_calls",
+            "Requests to Sanity or Filestack, by outcome (2xx, 4xx, 429, 5xx, or the error).",
+            ["remote", "operation", "outcome"],
+            registry=registry,
+        )
+        self.jobs = Gauge(
+            "cms_sync_jobs",
+            "Jobs in the store, by state and by who asked for them.",
+            ["state", "source"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "cms_sync_queue_depth", "Pending jobs (due now or backing off).", registry=registry
+        )
+        self.oldest_pending = Gauge(
+            "cms_sync_oldest_pending_seconds",
+            "Age of the oldest pending job (0 when none).",
+            registry=registry,
+        )
+        self.waiting_assets = Gauge(
+            "cms_sync_assets_unanswered",
+            "Assets whose last store went unanswered and that have no stored copy yet.",
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "cms_sync_store_up",
+            "1 when the job store answered this scrape, else 0.",
+            registry=registry,
+        )
+        for outcome in DeliveryOutcome:
+            self.deliveries.labels(outcome.value)
+        if limiter is not None:
+            registry.register(_LimiterWaits(limiter))
+
+    # -- the listener -------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        match event:
+            case DeliveryEnded():
+                self.deliveries.labels(event.outcome.value).inc()
+            case JobEnded():
+                verdict = event.verdict.value.replace(" ", "_")
+                self.job_runs.labels(verdict, event.job.source.value).inc()
+                for error in event.errors:
+                    self.errors.labels(error).inc()
+            case AssetStored():
+                self.stored.inc()
+            case StoreUnanswered():
+                self.unanswered.inc()
+            case PatchConflict():
+                self.patch_conflicts.inc()
+            case CallEnded():
+                remote = event.remote.value
+                self.calls.labels(remote, event.operation).observe(event.seconds)
+                outcome = status_class(event.status, event.error_type)
+                self.call_outcomes.labels(remote, event.operation, outcome).inc()
+            case SyncEnded(patched=True):
+                self.reused.inc(event.reused)
+
+    # -- a scrape -----------------------------------------------------------------------
+    async def exposition(self, store: HasStats, *, now: float) -> bytes:
+        """The text Prometheus scrapes, with the store's figures read now."""
+        try:
+            stats = await store.stats(now=now)
+        except StoreUnavailable:
+            self.store_up.set(0)
+        else:
+            self.store_up.set(1)
+            for state in JobState:
+                for source in JobSource:
+                    self.jobs.labels(state.value, source.value).set(
+                        stats.by_source.get((state, source), 0)
+                    )
+            self.queue_depth.set(stats.counts.get(JobState.PENDING, 0))
+            self.oldest_pending.set(stats.oldest_pending_age or 0.0)
+            self.waiting_assets.set(stats.unanswered_stores)
+        return generate_latest(self.registry)
