@@ -40,7 +40,12 @@ from cms_sync.mapping import MediaMapping, load_mapping
 from cms_sync.operations import ReplayNow, ReplayRun, iso, usable_id
 from cms_sync.planner import Action
 from cms_sync.scrub import Scrubber
-from cms_sync.serving import connection_cap, raise_open_files_limit, read_deadline_protocol
+from cms_sync.serving import (
+    Server,
+    connection_cap,
+    raise_open_files_limit,
+    read_deadline_protocol,
+)
 from cms_sync.settings import (
     BackfillFeedSettings,
     LogSettings,
@@ -452,7 +457,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 ),
                 limit_concurrency=max_connections,
             )
-            server = uvicorn.Server(config)
+            server = Server(config)
             await server.serve()
             return server.started
 

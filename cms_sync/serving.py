@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import h11
 import structlog
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -218,3 +220,22 @@ class AcceptErrorLog:
             message="accept() is failing: too many connections for the open-files limit",
         )
         self._last, self.failures = now, 0
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which logs ``listening`` with each bound address once it
+    accepts connections (``--port 0`` included: the port the system chose)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit:  # the bind failed: uvicorn has said why
+            return
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                log.info("listening", host=host, port=port, url=_url(host, port))
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from leaks import shown_secrets
 
 from cms_sync.settings import Settings
 from pg import scratch_database
@@ -38,3 +39,15 @@ def settings() -> Settings:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when != "call" or report.failed:
+        return
+    leaked = shown_secrets("\n".join(text for _, text in report.sections))
+    if leaked:
+        report.outcome = "failed"
+        report.longrepr = f"captured output shows a configured secret: {', '.join(leaked)}"

@@ -285,3 +285,30 @@ def test_replay_now_runs_in_the_foreground(service: Service) -> None:
         "product-4: stored 3, reused 0, skipped 0; patched",
     ]
     assert service.jobs() == {"done": 2}
+
+
+def test_log_lines_carry_the_delivery_and_job_context_and_no_secret(service: Service) -> None:
+    proc = service.start()
+    d = service.deliveries(proc.url)
+    assert d.post(d.groq("product-2", "product")) == 202
+    service.wait(service.quiet)
+    proc.terminate()
+
+    events = proc.events
+    (listening,) = [e for e in events if e["event"] == "listening"]
+    assert (listening["host"], listening["url"]) == ("127.0.0.1", proc.url)
+    (queued,) = [e for e in events if e["event"] == "delivery_queued"]
+    assert (queued["delivery_id"], queued["source"], queued["document_id"]) == (
+        "msg-1",
+        "webhook",
+        "product-2",
+    )
+    of_the_job = [e for e in events if e.get("job_id") is not None]
+    names = {e["event"] for e in of_the_job}
+    assert {"asset_stored", "document_patched", "job_done"} <= names
+    for line in of_the_job:
+        assert (line["document_id"], line["attempt"], line["source"]) == ("product-2", 1, "webhook")
+    secrets = [v for k, v in service.env.items() if any(m in k for m in ("SECRET", "TOKEN", "KEY"))]
+    assert secrets
+    text = json.dumps(events)
+    assert not [s for s in secrets if s in text]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from cms_sync import filestack, sanity
 from cms_sync.errors import CmsSyncError, RemoteError
 from cms_sync.jobs import JobRequest, JobSource, JobState
 from cms_sync.jobstore.sqlite import SQLiteJobStore
+from cms_sync.log import configure_logging
 from cms_sync.scrub import REDACTED, Scrubber, request_secrets
 from fakes import FakeContentLake
 from wiring import make_settings, no_wait_policy
@@ -105,6 +109,9 @@ async def test_the_job_store_keeps_no_secret_even_from_a_crashing_job(tmp_path: 
     def crash(request: httpx.Request) -> httpx.Response:
         raise RuntimeError(f"bug holding {request.headers['authorization']}")
 
+    # Logging as the entry point sets it up: the configured secrets scrubbed everywhere.
+    logged = io.StringIO()
+    configure_logging(fmt="json", stream=logged, scrub=Scrubber(settings.secret_values()))
     store = await SQLiteJobStore.open(tmp_path / "jobs.db")
     try:
         async with open_syncer(
@@ -127,8 +134,13 @@ async def test_the_job_store_keeps_no_secret_even_from_a_crashing_job(tmp_path: 
         assert stats.counts[JobState.PENDING] == 1  # an internal error is retried
         (job,) = [j async for j in _pending(store)]
         assert "bug holding Bearer" in job and REDACTED in job and leaked(job) == []
+        (crashed,) = [line for line in logged.getvalue().splitlines() if "job_crashed" in line]
+        assert "RuntimeError: bug holding Bearer" in json.loads(crashed)["exception"]
+        assert leaked(logged.getvalue()) == []
     finally:
         await store.close()
+        structlog.reset_defaults()
+        logging.getLogger().handlers = []
 
 
 async def _pending(store: SQLiteJobStore):  # type: ignore[no-untyped-def]

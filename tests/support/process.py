@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import resource
 import signal
 import subprocess
@@ -16,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_RUNNING_ON = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+from leaks import shown_secrets
 
 
 def cms_sync(
     *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "cms_sync", *args],
         env=env,
         cwd=cwd,
@@ -31,6 +30,8 @@ def cms_sync(
         timeout=timeout,
         check=False,
     )
+    assert shown_secrets(done.stdout + done.stderr) == [], f"cms-sync {args[0]} showed a secret"
+    return done
 
 
 class ServeProcess:
@@ -72,10 +73,9 @@ class ServeProcess:
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        started = self.wait_for(lambda e: bool(_RUNNING_ON.search(str(e.get("event")))), 30)
-        match = _RUNNING_ON.search(str(started["event"]))
-        assert match is not None
-        self.url = f"http://127.0.0.1:{match[1]}"
+        listening = self.wait_for(lambda e: e.get("event") == "listening", 30)
+        assert listening["host"] == "127.0.0.1", listening
+        self.url = f"http://127.0.0.1:{listening['port']}"
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -134,3 +134,4 @@ class ServeProcess:
             self.kill()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+        assert shown_secrets(json.dumps(self.events)) == [], "a secret reached the log"
