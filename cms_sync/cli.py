@@ -20,11 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
+import httpx
 import structlog
 
-from cms_sync import __version__, groq, operations, sanity
+from cms_sync import __version__, checks, groq, operations, sanity
 from cms_sync.app import check_settings, create_app, worker_options
 from cms_sync.backfill import Backfill, Progress, Tally, format_progress, scope_for
+from cms_sync.checks import Check
 from cms_sync.dataset import DatasetError, parse_export
 from cms_sync.deliveries import shown_id
 from cms_sync.errors import (
@@ -53,6 +55,7 @@ from cms_sync.settings import (
     Settings,
     SyncCommandSettings,
     load_settings,
+    settings_problems,
 )
 from cms_sync.storage import Storage, open_storage, shown_database
 from cms_sync.sync import SyncReport, open_syncer, rate_limiter, retry_policy
@@ -657,6 +660,54 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     return run_emulate(args, os.environ, out=sys.stdout, stop=stop)
 
 
+def render_check(check: Check) -> str:
+    return f"{check.verdict.value:<4}  {check.name}: {check.message}"
+
+
+async def run_check(
+    out: TextIO,
+    *,
+    sanity_transport: httpx.AsyncBaseTransport | None = None,
+    filestack_transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """``cms-sync check``: one line per check; 0 only when every check passed."""
+    problems = settings_problems(Settings)
+    settings: Settings | None = None
+    if not problems:
+        settings = load_settings(Settings)
+        try:
+            check_settings(settings, verify_signatures=True)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if settings is None or problems:
+        for problem in problems:
+            print(render_check(checks.fail("settings", problem)), file=out)
+        print(render_check(checks.skipped("the rest", "the settings must load first")), file=out)
+        return EXIT_FAILED
+    print(render_check(checks.describe_settings(settings)), file=out)
+    try:
+        mapping = load_mapping(settings.cms_sync_config)
+    except ConfigError as exc:
+        print(render_check(checks.fail("mapping", str(exc))), file=out)
+        print(render_check(checks.skipped("the rest", "the mapping must load first")), file=out)
+        return EXIT_FAILED
+    print(render_check(checks.describe_mapping(mapping, settings.cms_sync_config)), file=out)
+    results = await checks.run_checks(
+        settings,
+        mapping,
+        sanity_transport=sanity_transport,
+        filestack_transport=filestack_transport,
+    )
+    for result in results:
+        print(render_check(result), file=out)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    configure_logging(level="warning", fmt=os.environ.get("CMS_SYNC_LOG_FORMAT", "auto"))
+    return asyncio.run(run_check(sys.stdout))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cms_sync.demo import run_demo
 
@@ -740,6 +791,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--now", action="store_true", help="run the jobs in this process")
     backfill.set_defaults(func=_cmd_backfill)
+
+    check = commands.add_parser(
+        "check",
+        help="check the settings, the mapping, Sanity, Filestack and the database",
+        description=(
+            "Check the configuration end to end, one line per check; writes nothing to "
+            "Sanity and stores nothing in Filestack. Exit 0 only when every check passes."
+        ),
+    )
+    check.set_defaults(func=_cmd_check)
 
     status = commands.add_parser("status", help="job counts, oldest pending age, stored assets")
     status.add_argument("--json", action="store_true", help="print JSON")

@@ -273,3 +273,12 @@ def load_settings(section: type[_Section] = Settings, **overrides: Any) -> _Sect
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(_describe(errors[0]) + more) from None
+
+
+def settings_problems(section: type[_Section] = Settings, **overrides: Any) -> list[str]:
+    """Every missing or invalid variable of ``section``, one line each (none: it loads)."""
+    try:
+        section(**overrides)
+    except pydantic.ValidationError as exc:
+        return [_describe(error) for error in exc.errors()]
+    return []
