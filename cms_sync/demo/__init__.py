@@ -31,11 +31,11 @@ from cms_sync.emulators import ContentLake, Webhook, bind
 from cms_sync.emulators.running import Emulators, running
 from cms_sync.mapping import MediaMapping, default_mapping
 from cms_sync.media import HANDLE, MIME_TYPE, SIZE, SOURCE_ASSET, URL
+from cms_sync.sanity_kit import PROJECTION, webhook_filter
 from cms_sync.settings import Settings, load_settings
 from cms_sync.storage import open_storage
 
 FIELDS = (HANDLE, URL, SIZE, MIME_TYPE)
-WEBHOOK_PROJECTION = "{_id, _type, _rev}"
 
 
 @dataclass(frozen=True)
@@ -177,13 +177,13 @@ async def _walk_through(
     keep_running: bool,
 ) -> int:
     lake = emu.lake
-    types = json.dumps(mapping.type_names)
-    lake.add_webhook(
+    lake.add_webhook(  # the webhook deploy/sanity/webhook.json defines
         Webhook(
             f"{service_url}/webhooks/sanity",
             secret=secret,
-            filter=f"_type in {types}",
-            projection=WEBHOOK_PROJECTION,
+            filter=webhook_filter(mapping),
+            projection=PROJECTION,
+            on=("create", "update"),
             id="cms-sync-demo",
         )
     )
