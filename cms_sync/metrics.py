@@ -95,43 +95,43 @@ class Metrics:
 
     def __init__(self, limiter: RateLimiter | None = None) -> None:
         self.registry = registry = CollectorRegistry()
-        self.deliveries = Counter(
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        self.deliveries = counter(
             "cms_sync_deliveries",
             "Sanity webhook deliveries, by how they were answered.",
-            ["outcome"],
-            registry=registry,
+            "outcome",
         )
-        self.job_runs = Counter(
+        self.job_runs = counter(
             "cms_sync_job_runs",
             "Job runs, by verdict and by who asked for the job.",
-            ["verdict", "source"],
-            registry=registry,
+            "verdict",
+            "source",
         )
-        self.errors = Counter(
+        self.errors = counter(
             "cms_sync_errors",
             "Errors of job runs, by class: the document's, and each failed slot's.",
-            ["error"],
-            registry=registry,
+            "error",
         )
-        self.stored = Counter(
-            "cms_sync_assets_stored",
-            "Assets stored in Filestack (one store each).",
-            registry=registry,
+        self.stored = counter(
+            "cms_sync_assets_stored", "Assets stored in Filestack (one store each)."
         )
-        self.reused = Counter(
+        self.reused = counter(
             "cms_sync_slots_reused",
             "Slots patched from an earlier store of the same asset (no store of their own).",
-            registry=registry,
         )
-        self.unanswered = Counter(
+        self.unanswered = counter(
             "cms_sync_stores_unanswered",
             "Stores whose answer was lost: Filestack may hold a copy (ambiguous stores).",
-            registry=registry,
         )
-        self.patch_conflicts = Counter(
+        self.patch_conflicts = counter(
             "cms_sync_patch_conflicts",
             "Patches refused because the document changed after it was read.",
-            registry=registry,
         )
         self.calls = Histogram(
             "cms_sync_remote_call_seconds",
@@ -140,35 +140,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.call_outcomes = Counter(
+        self.call_outcomes = counter(
             "cms_sync_remote_calls",
             "Requests to Sanity or Filestack, by outcome (2xx, 4xx, 429, 5xx, or the error).",
-            ["remote", "operation", "outcome"],
-            registry=registry,
+            "remote",
+            "operation",
+            "outcome",
         )
-        self.jobs = Gauge(
+        self.jobs = gauge(
             "cms_sync_jobs",
             "Jobs in the store, by state and by who asked for them.",
-            ["state", "source"],
-            registry=registry,
+            "state",
+            "source",
         )
-        self.queue_depth = Gauge(
-            "cms_sync_queue_depth", "Pending jobs (due now or backing off).", registry=registry
+        self.queue_depth = gauge("cms_sync_queue_depth", "Pending jobs (due now or backing off).")
+        self.oldest_pending = gauge(
+            "cms_sync_oldest_pending_seconds", "Age of the oldest pending job (0 when none)."
         )
-        self.oldest_pending = Gauge(
-            "cms_sync_oldest_pending_seconds",
-            "Age of the oldest pending job (0 when none).",
-            registry=registry,
-        )
-        self.waiting_assets = Gauge(
+        self.waiting_assets = gauge(
             "cms_sync_assets_unanswered",
             "Assets whose last store went unanswered and that have no stored copy yet.",
-            registry=registry,
         )
-        self.store_up = Gauge(
-            "cms_sync_store_up",
-            "1 when the job store answered this scrape, else 0.",
-            registry=registry,
+        self.store_up = gauge(
+            "cms_sync_store_up", "1 when the job store answered this scrape, else 0."
         )
         for outcome in DeliveryOutcome:
             self.deliveries.labels(outcome.value)
