@@ -69,6 +69,9 @@ class Job:
     read_retries: int = 0  # short retries spent waiting for the document to be readable
     last_error: str | None = None
     lease_owner: str | None = None
+    #: The idempotency key of the latest delivery folded into the job (None when no
+    #: delivery asked for it: a replay or a backfill), for the job's log lines.
+    delivery_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ class JobStore(Protocol):
     async def accept(
         self, idempotency_key: str | None, requests: Sequence[JobRequest], *, now: float
     ) -> Accepted:
-        """Queue a delivery's requests, once per idempotency key."""
+        """Queue a delivery's requests, once per idempotency key (kept on the jobs as
+        their ``delivery_id``)."""
         ...
 
     async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:

@@ -276,6 +276,7 @@ class Worker:
         """Run one claimed job and record its outcome; None when it was released unrun."""
         with structlog.contextvars.bound_contextvars(
             job_id=job.id,
+            delivery_id=job.delivery_id,
             document_id=job.document_id,
             attempt=job.attempts,
             source=job.source.value,

@@ -307,7 +307,8 @@ def test_log_lines_carry_the_delivery_and_job_context_and_no_secret(service: Ser
     names = {e["event"] for e in of_the_job}
     assert {"asset_stored", "document_patched", "job_done"} <= names
     for line in of_the_job:
-        assert (line["document_id"], line["attempt"], line["source"]) == ("product-2", 1, "webhook")
+        context = (line["delivery_id"], line["document_id"], line["attempt"], line["source"])
+        assert context == ("msg-1", "product-2", 1, "webhook")
     secrets = [v for k, v in service.env.items() if any(m in k for m in ("SECRET", "TOKEN", "KEY"))]
     assert secrets
     text = json.dumps(events)

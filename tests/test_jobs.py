@@ -91,6 +91,13 @@ async def test_deliveries_arriving_together_are_each_answered_right(store: JobSt
         jobs[job.document_id] = job
     assert set(jobs) == {"a", "b", "c", "z"}
     assert (jobs["a"].not_before, jobs["b"].not_before) == (5.0, 9.0)
+    # Each job names the latest delivery (with a key) that asked for it.
+    assert {d: j.delivery_id for d, j in jobs.items()} == {
+        "a": "k2",
+        "b": "k3",
+        "c": "k3",  # the delivery without a key does not hide the one with
+        "z": "k4",
+    }
 
 
 async def test_a_job_keeps_who_asked_for_it(store: JobStore) -> None:
@@ -105,6 +112,19 @@ async def test_a_job_keeps_who_asked_for_it(store: JobStore) -> None:
         "b": JobSource.REPLAY,  # an operator's say-so made it theirs
         "c": JobSource.REPLAY,
     }
+
+
+async def test_a_job_names_the_latest_delivery_that_asked_for_it(store: JobStore) -> None:
+    await store.accept("k1", [ev("a"), ev("b"), ev("c")], now=0)
+    await store.accept("k2", [ev("a")], now=1)  # coalesces: the job is k2's now
+    await store.accept(None, [ev("a")], now=1)  # no key: k2 stays
+    await store.begin_backfill("all:post", total=None, now=1)
+    await store.advance_backfill("all:post", backfilled("b", "d"), cursor="d", now=2)
+    await store.enqueue([JobRequest("c", source=JobSource.REPLAY)], now=2)  # an operator's
+    named = {}
+    while (job := await claim(store, now=3)) is not None:
+        named[job.document_id] = job.delivery_id
+    assert named == {"a": "k2", "b": "k1", "c": None, "d": None}
 
 
 async def test_deliveries_for_a_pending_document_coalesce(store: JobStore) -> None:

@@ -144,6 +144,32 @@ async def test_a_newer_schema_refuses_older_code_in_one_line(postgres_url: str) 
     assert f"schema {SCHEMA_VERSION + 1}, newer than this cms-sync knows" in message
 
 
+async def test_a_schema_1_database_is_migrated_and_keeps_its_jobs(postgres_url: str) -> None:
+    store = await PostgresJobStore.open(postgres_url)
+    await store.accept("k1", [JobRequest("post-1", "update", 5.0)], now=0)
+    await store.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # as version 1 left it
+        conn.execute("ALTER TABLE jobs DROP COLUMN delivery_id")
+        conn.execute("UPDATE cms_sync_schema SET version = 1")
+
+    one, two = await asyncio.gather(  # two replicas upgrading at once
+        PostgresJobStore.open(postgres_url), PostgresJobStore.open(postgres_url)
+    )
+    try:
+        job = await one.claim(owner="w", now=1, lease=30, max_attempts=3)
+        assert job is not None
+        assert (job.document_id, job.not_before, job.delivery_id) == ("post-1", 5.0, None)
+        await two.accept("k2", [JobRequest("post-2")], now=1)
+        later = await two.claim(owner="w", now=2, lease=30, max_attempts=3)
+        assert later is not None and later.delivery_id == "k2"
+    finally:
+        await one.close()
+        await two.close()
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT version FROM cms_sync_schema").fetchone()
+        assert row == (SCHEMA_VERSION,)
+
+
 async def test_operator_commands_do_not_create_the_tables(postgres_url: str) -> None:
     with pytest.raises(ConfigError, match="no cms-sync tables"):
         async with open_storage(postgres_url, create=False):

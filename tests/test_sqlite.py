@@ -45,7 +45,12 @@ async def test_a_schema_3_database_keeps_its_jobs_with_their_times(tmp_path: Pat
     try:
         job = await store.claim(owner="w", now=1, lease=30, max_attempts=3)
         assert job is not None
-        assert (job.document_id, job.not_before, job.source) == ("post-1", 5.0, JobSource.WEBHOOK)
+        assert (job.document_id, job.not_before, job.source, job.delivery_id) == (
+            "post-1",
+            5.0,
+            JobSource.WEBHOOK,
+            None,  # schema 5's column, empty for jobs from before it
+        )
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:

@@ -59,7 +59,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "cms_sync_jobs"  # _MANY_TAIL spells it too
 #: Any constant: the advisory lock that serialises schema changes across replicas.
 _SCHEMA_LOCK = 0x636D_7373_796E_63  # "cmssync"
@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     source text NOT NULL DEFAULT 'webhook' CHECK (source IN ('webhook', 'replay', 'backfill')),
     read_retries integer NOT NULL DEFAULT 0,
     last_error text,
+    delivery_id text,
     created_at double precision NOT NULL,
     updated_at double precision NOT NULL
 );
@@ -142,8 +143,12 @@ CREATE TABLE IF NOT EXISTS probe (
 );
 """
 
-#: Migrations from each older version, in order; none yet (version 1 is the first).
-_MIGRATIONS: dict[int, str] = {}
+#: The statements that bring a database of the version before up to each version (a new
+#: database gets the whole schema at once).
+_MIGRATIONS: dict[int, str] = {
+    # Jobs keep the idempotency key of their latest delivery.
+    2: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS delivery_id text",
+}
 
 _PROBE_BYTES = 32 * 1024
 
@@ -175,6 +180,7 @@ def _job(row: dict[str, Any]) -> Job:
         read_retries=row["read_retries"],
         last_error=row["last_error"],
         lease_owner=row["lease_owner"],
+        delivery_id=row["delivery_id"],
     )
 
 
@@ -199,7 +205,7 @@ async def _ensure_schema(conn: Conn, url: str, *, create: bool) -> None:
                 "(only serve and sync create them; is the URL right?)"
             )
         for step in range(version + 1, SCHEMA_VERSION + 1):
-            if step in _MIGRATIONS:
+            if version > 0 and step in _MIGRATIONS:
                 await conn.execute(_MIGRATIONS[step])
         await conn.execute(_SCHEMA)
         await conn.execute(
@@ -504,7 +510,7 @@ class PostgresJobStore:
                 "  SELECT asset_id FROM store_attempt_documents WHERE document_id = ANY(%s))",
                 (ids,),
             )
-            rows = await _all(conn, _ENQUEUE, {"now": now, **_arrays(merged)})
+            rows = await _all(conn, _ENQUEUE, {"now": now, **_arrays(merged, None)})
             await conn.execute(f"NOTIFY {CHANNEL}")
             new = {row["document_id"]: row["new"] for row in rows}
             return Accepted(
@@ -712,7 +718,7 @@ class PostgresJobStore:
         merged = _merge(requests)
 
         async def write(conn: Conn) -> Accepted:
-            rows = await _all(conn, _ACCEPT_UNKEYED, {"now": now, **_arrays(merged)})
+            rows = await _all(conn, _ACCEPT_UNKEYED, {"now": now, **_arrays(merged, None)})
             new = {row["document_id"]: row["new"] for row in rows}
             queued = tuple(r.document_id for r in merged if new.get(r.document_id))
             moved = await conn.execute(
@@ -890,7 +896,7 @@ async def _accept_one(conn: Conn, delivery: _Delivery) -> Accepted:
         )
         sql = _ACCEPT_KEYED_ONE
     else:
-        params.update(_arrays(merged))
+        params.update(_arrays(merged, key))
         sql = _ACCEPT_UNKEYED if key is None else _ACCEPT_KEYED
     rows = await _all(conn, sql, params)
     if not rows and key is not None:
@@ -957,9 +963,9 @@ async def _accept_many(conn: Conn, batch: list[_Delivery]) -> list[Accepted]:
 #: the job due now, attempts from zero, and the operator's.
 _UPSERT_JOBS = (
     "INSERT INTO jobs (document_id, state, run_after, operation, not_before, source, "
-    "created_at, updated_at) "
-    "SELECT d, 'pending', %(now)s, op, nb, src, %(now)s, %(now)s "
-    "FROM {rows} AS r(d, op, nb, src) WHERE {gate} "
+    "delivery_id, created_at, updated_at) "
+    "SELECT d, 'pending', %(now)s, op, nb, src, did, %(now)s, %(now)s "
+    "FROM {rows} AS r(d, op, nb, src, did) WHERE {gate} "
     "ON CONFLICT (document_id) WHERE state = 'pending' DO UPDATE SET "
     "run_after = CASE WHEN {reset} THEN excluded.run_after ELSE jobs.run_after END, "
     "updated_at = excluded.updated_at, read_retries = 0, "
@@ -968,13 +974,19 @@ _UPSERT_JOBS = (
     "  WHEN jobs.not_before IS NULL THEN excluded.not_before "
     "  ELSE greatest(jobs.not_before, excluded.not_before) END, "
     "source = CASE WHEN {reset} THEN excluded.source ELSE jobs.source END, "
+    "delivery_id = CASE WHEN {reset} THEN excluded.delivery_id "
+    "  ELSE coalesce(excluded.delivery_id, jobs.delivery_id) END, "
     "attempts = CASE WHEN {reset} THEN 0 ELSE jobs.attempts END"
 )
 
 #: The requests as rows: arrays of one element per document, or (the usual delivery) one
-#: document's values, which cost the client far less to send than arrays.
-_ROWS = "unnest(%(docs)s::text[], %(ops)s::text[], %(nbs)s::float8[], %(srcs)s::text[])"
-_ONE_ROW = "(VALUES (%(doc)s::text, %(op)s::text, %(nb)s::float8, %(src)s::text))"
+#: document's values, which cost the client far less to send than arrays. The delivery's
+#: key is every row's ``did``.
+_ROWS = (
+    "unnest(%(docs)s::text[], %(ops)s::text[], %(nbs)s::float8[], %(srcs)s::text[], "
+    "%(dids)s::text[])"
+)
+_ONE_ROW = "(VALUES (%(doc)s::text, %(op)s::text, %(nb)s::float8, %(src)s::text, %(key)s::text))"
 _RETURNING = " RETURNING document_id, xmax = 0 AS new"  # xmax = 0: inserted, not updated
 _ACCEPT_UNKEYED = _UPSERT_JOBS.format(rows=_ROWS, gate="TRUE", reset="FALSE") + _RETURNING
 #: The inbox row gates the upsert: one statement, one round trip, atomic without BEGIN.
@@ -1007,7 +1019,9 @@ _MANY_HEAD = (
     "  %(srcs)s::text[], %(rkeys)s::text[]) WITH ORDINALITY AS r(d, op, nb, src, key, ord) "
     "  WHERE key IS NULL OR key IN (SELECT idempotency_key FROM k)), "
     "m AS (SELECT d, (array_agg(op ORDER BY ord DESC) FILTER (WHERE op IS NOT NULL))[1], "
-    "  max(nb), (array_agg(src ORDER BY ord DESC))[1] FROM r GROUP BY d), "
+    "  max(nb), (array_agg(src ORDER BY ord DESC))[1], "
+    "  (array_agg(key ORDER BY ord DESC) FILTER (WHERE key IS NOT NULL))[1] "
+    "  FROM r GROUP BY d), "
     "j AS ("
 )
 _MANY_TAIL = (
@@ -1053,12 +1067,13 @@ def _merge(requests: Sequence[JobRequest]) -> list[JobRequest]:
     return list(merged.values())
 
 
-def _arrays(requests: Sequence[JobRequest]) -> dict[str, list[Any]]:
+def _arrays(requests: Sequence[JobRequest], key: str | None) -> dict[str, list[Any]]:
     return {
         "docs": [r.document_id for r in requests],
         "ops": [r.operation for r in requests],
         "nbs": [r.not_before for r in requests],
         "srcs": [r.source.value for r in requests],
+        "dids": [key] * len(requests),
     }
 
 

@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: What /readyz writes: more than a delivery (an inbox row and a job, with their indexes).
 _PROBE_BYTES = 32 * 1024
 _SCHEMA = """
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS jobs (
         CHECK (source IN ('webhook', 'replay', 'backfill')),  -- schema 4
     read_retries INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    delivery_id TEXT,  -- schema 5: the latest delivery's idempotency key
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -139,6 +140,7 @@ def _job(row: sqlite3.Row) -> Job:
         read_retries=row["read_retries"],
         last_error=row["last_error"],
         lease_owner=row["lease_owner"],
+        delivery_id=row["delivery_id"],
     )
 
 
@@ -183,8 +185,8 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> _Opened:
         raise ConfigError(
             f"CMS_SYNC_DATABASE: {path} has schema {version}, newer than this cms-sync knows"
         )
-    if 0 < version < 4:
-        _migrate_to_4(conn)
+    if 0 < version < SCHEMA_VERSION:
+        _migrate(conn)
     conn.executescript(_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     ingest = _connection(path, busy_timeout, create=False)
@@ -193,8 +195,12 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> _Opened:
     return _Opened(conn, ingest, writes, (stat.st_dev, stat.st_ino))
 
 
-def _migrate_to_4(conn: sqlite3.Connection) -> None:
-    """Schema 4: a job's ``transaction_time`` is its ``not_before``; jobs have a source."""
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the jobs table of an older schema up to date (each step checks first).
+
+    Schema 4: a job's ``transaction_time`` is its ``not_before``; jobs have a source.
+    Schema 5: jobs keep the idempotency key of their latest delivery.
+    """
     conn.execute("BEGIN IMMEDIATE")  # another process may be migrating at the same time
     try:
         columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
@@ -205,6 +211,8 @@ def _migrate_to_4(conn: sqlite3.Connection) -> None:
                 "ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook' "
                 "CHECK (source IN ('webhook', 'replay', 'backfill'))"
             )
+        if "delivery_id" not in columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN delivery_id TEXT")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -455,7 +463,7 @@ class SQLiteJobStore:
                 ).rowcount
                 if not inserted:
                     return Accepted(duplicate=True)
-            return _queue(conn, requests, now=now, clear_failed=False)
+            return _queue(conn, requests, now=now, clear_failed=False, delivery_id=idempotency_key)
 
         return await self._ingest_write(write, self._ingest_timeout)
 
@@ -773,7 +781,12 @@ def _update_owned(
 
 
 def _queue(
-    conn: sqlite3.Connection, requests: Sequence[JobRequest], *, now: float, clear_failed: bool
+    conn: sqlite3.Connection,
+    requests: Sequence[JobRequest],
+    *,
+    now: float,
+    clear_failed: bool,
+    delivery_id: str | None = None,
 ) -> Accepted:
     queued: list[str] = []
     coalesced: list[str] = []
@@ -797,6 +810,7 @@ def _queue(
             "not_before = CASE WHEN :tt IS NULL THEN not_before "
             "  WHEN not_before IS NULL THEN :tt ELSE max(not_before, :tt) END, "
             "source = CASE WHEN :reset THEN :source ELSE source END, "
+            "delivery_id = CASE WHEN :reset THEN :did ELSE coalesce(:did, delivery_id) END, "
             "attempts = CASE WHEN :reset THEN 0 ELSE attempts END "
             "WHERE document_id = :doc AND state = 'pending'",
             {
@@ -806,6 +820,7 @@ def _queue(
                 "source": event.source.value,
                 "reset": clear_failed,
                 "doc": event.document_id,
+                "did": delivery_id,
             },
         ).rowcount
         if updated:
@@ -813,13 +828,14 @@ def _queue(
             continue
         conn.execute(
             "INSERT INTO jobs (document_id, state, run_after, operation, not_before, source, "
-            "created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?)",
+            "delivery_id, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.document_id,
                 now,
                 event.operation,
                 event.not_before,
                 event.source.value,
+                delivery_id,
                 now,
                 now,
             ),
