@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cms_sync.records import AssetRecords
+from cms_sync.filestack_notices import StoreNotice
+from cms_sync.records import AssetRecords, Orphan, UnseenCopies
 
 
 class JobSource(enum.StrEnum):
@@ -83,6 +84,23 @@ class Accepted:
     coalesced: tuple[str, ...] = ()  # documents that already had one
     #: Documents the store had no job for, ever (a replay of a mistyped id, perhaps).
     unseen: tuple[str, ...] = ()
+
+
+class Confirmed(enum.StrEnum):
+    """What Filestack's notification of a store did."""
+
+    RECORDED = "recorded"  # the asset had no record: it has now; its documents are queued
+    KNOWN = "known"  # the handle is the asset's record already
+    ORPHAN = "orphan"  # the asset is recorded under another handle: this one is an orphan
+    UNKNOWN = "unknown"  # no store of the asset was ever begun with this database
+    DUPLICATE = "duplicate"  # the notification was handled before
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    outcome: Confirmed
+    queued: tuple[str, ...] = ()  # documents given a job (RECORDED)
+    reason: str | None = None  # why the orphan exists (ORPHAN)
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,21 @@ class JobStore(Protocol):
 
     async def latest_job(self, document_id: str) -> Job | None:
         """The document's newest job, in whatever state, or None."""
+        ...
+
+    async def confirm_store(self, notice: StoreNotice, *, now: float) -> Confirmation:
+        """Take Filestack's word that it stored a file for an asset, once per notification.
+
+        An asset without a record (its store's answer was lost, or the worker crashed
+        mid-store) is recorded from the notice, its ledger entry settled, and every
+        document that asked for it given a job due now: they are patched with no further
+        store. An asset recorded under another handle gets this one as an orphan.
+        """
+        ...
+
+    async def orphans(self) -> tuple[list[Orphan], list[UnseenCopies]]:
+        """Handles no document uses (oldest first); and the assets whose stores may have
+        made copies that no notification named."""
         ...
 
     async def claim(

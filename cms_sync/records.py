@@ -14,6 +14,12 @@ leaves it counted, with a per-asset backoff (``maybe_stored=True``). A crash mid
 leaves it counted too, held until the hold runs out. Past a cap, stores of the asset stop
 until an operator replays a document that uses it.
 
+Each granted store has a number (``StoreGate.number``: the asset's stores so far, this one
+included), sent as an upload tag, so that Filestack's notification of a file tells which
+store made it. The first handle recorded for an asset is kept; a later one (a store whose
+answer was lost, then notified after the asset was stored again) is an *orphan*: a handle
+no document uses (see :class:`Orphan`).
+
 This module holds the interface and the in-memory implementation (one process, one run);
 the job store adds a durable one behind the same Protocol.
 """
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from cms_sync.filestack_notices import StoreNotice
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,73 @@ class StoreGate:
     not_before: float = 0.0
     storage_key: str | None = None
     last_error: str | None = None
+    #: When granted: this store's number among the asset's stores (1 for the first).
+    number: int = 0
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A handle Filestack made for one of our assets that no document uses.
+
+    With the deterministic storage key it names the same stored object as the kept handle:
+    deleting it through Filestack's API would delete the kept file too.
+    """
+
+    handle: str
+    asset_id: str
+    storage_key: str | None
+    url: str
+    #: Which of the asset's stores made it, when known.
+    store_number: int | None
+    #: Why there is a second handle: an ambiguous answer, or a crash mid-store.
+    reason: str
+    noticed_at: float
+
+
+@dataclass(frozen=True)
+class UnseenCopies:
+    """Stores of an asset that may have made a file whose handle we never learnt."""
+
+    asset_id: str
+    storage_key: str | None
+    possible: int
+    last_error: str | None
+
+
+#: Why a store's own answer can name an orphan.
+ANSWERED_LATE = (
+    "a store answered after the asset was recorded from the notification of an earlier store"
+)
+
+
+def notified_reason(logged: bool, error: str | None) -> str:
+    """Why a handle that Filestack notified, for an asset recorded under another, exists.
+
+    Args:
+        logged: the store that made it is in our log of granted stores.
+        error: the answer that left that store ambiguous (None: it never got one).
+    """
+    if not logged:
+        return "a store this database has no trace of (another worker's, or an older one)"
+    if error is not None:
+        return f"an ambiguous answer: {error}"
+    return "no answer recorded: the worker stopped or crashed mid-store"
+
+
+def notice_record(notice: StoreNotice) -> StoredAsset:
+    """The record a notification of a store makes."""
+    return StoredAsset(notice.asset_id, notice.handle, notice.url, notice.size, notice.mime_type)
 
 
 class AssetRecords(Protocol):
     async def get(self, asset_id: str) -> StoredAsset | None: ...
 
-    async def put(self, record: StoredAsset) -> None:
-        """Record a stored asset; this also settles its ledger entry."""
+    async def put(self, record: StoredAsset) -> StoredAsset:
+        """Record a stored asset and settle its ledger entry; return the record kept.
+
+        The first record of an asset stays: when another is there already (written from a
+        notification while this store was in flight), this one's handle is an orphan.
+        """
         ...
 
     async def begin_store(
@@ -88,6 +156,7 @@ class AssetRecords(Protocol):
 @dataclass
 class _Entry:
     attempts: int = 0
+    total: int = 0
     not_before: float = 0.0
     storage_key: str | None = None
     last_error: str | None = None
@@ -103,9 +172,10 @@ class MemoryAssetRecords:
     async def get(self, asset_id: str) -> StoredAsset | None:
         return self._records.get(asset_id)
 
-    async def put(self, record: StoredAsset) -> None:
-        self._records[record.asset_id] = record
+    async def put(self, record: StoredAsset) -> StoredAsset:
+        kept = self._records.setdefault(record.asset_id, record)
         self._ledger.pop(record.asset_id, None)
+        return kept
 
     async def begin_store(
         self,
@@ -129,9 +199,12 @@ class MemoryAssetRecords:
                 last_error=entry.last_error,
             )
         entry.attempts += 1
+        entry.total += 1
         entry.not_before = hold_until
         entry.storage_key = storage_key
-        return StoreGate(granted=True, attempts=entry.attempts, storage_key=storage_key)
+        return StoreGate(
+            granted=True, attempts=entry.attempts, storage_key=storage_key, number=entry.total
+        )
 
     async def end_store(
         self, asset_id: str, *, maybe_stored: bool, now: float, retry_at: float, error: str
@@ -139,6 +212,7 @@ class MemoryAssetRecords:
         entry = self._ledger.setdefault(asset_id, _Entry())
         if not maybe_stored:
             entry.attempts = max(entry.attempts - 1, 0)
+            entry.total = max(entry.total - 1, 0)
             entry.not_before = now
         else:
             entry.not_before = retry_at

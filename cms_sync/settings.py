@@ -131,6 +131,11 @@ class SanitySettings(_Section):
         return _http_url(str(value))
 
     @property
+    def dataset_tag(self) -> str:
+        """``<project>/<dataset>``: the upload tag that marks a store as this dataset's."""
+        return f"{self.sanity_project_id}/{self.sanity_dataset}"
+
+    @property
     def sanity_base_url(self) -> str:
         """``https://<project>.api.sanity.io/v<version>`` or ``<SANITY_API_HOST>/v<version>``."""
         host = self.sanity_api_host or f"https://{self.sanity_project_id}.api.sanity.io"

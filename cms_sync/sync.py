@@ -20,6 +20,7 @@ import httpx
 import structlog
 
 from cms_sync import filestack, sanity
+from cms_sync import filestack_notices as notices
 from cms_sync.allowlist import AllowedHost
 from cms_sync.backoff import Backoff
 from cms_sync.document import Asset, parse_document
@@ -109,6 +110,7 @@ class Syncer:
         batch_size: int = MAX_BATCH,
         clock: Callable[[], float] = time.time,
         events: Events | None = None,
+        dataset_tag: str | None = None,
     ) -> None:
         """
         Args:
@@ -130,6 +132,7 @@ class Syncer:
         self._ambiguity = ambiguity or Backoff(base=30.0, max_attempts=3)
         self._clock = clock
         self._events = events or LogEvents()
+        self._dataset_tag = dataset_tag
 
     async def plan(self, document_id: str, *, not_before: float | None = None) -> Plan:
         """Fetch the published document and plan every media slot.
@@ -249,10 +252,7 @@ class Syncer:
                 stored = await self._filestack.store_url(
                     asset.url,
                     filename=_filename(asset),
-                    tags={
-                        "sanity_document_id": document_id[: filestack.MAX_TAG_VALUE],
-                        "sanity_asset_id": asset.id[: filestack.MAX_TAG_VALUE],
-                    },
+                    tags=self._tags(asset.id, document_id, gate.number),
                     key=key,
                 )
             except CmsSyncError as exc:
@@ -267,9 +267,20 @@ class Syncer:
             size=stored.size if stored.size is not None else asset.size,
             mime_type=stored.mime_type or asset.mime_type,
         )
-        await self._records.put(record)
+        kept = await self._records.put(record)  # the first record of the asset stays
         self._events.emit(AssetStored(asset.id, record.handle, record.size))
-        return record
+        return kept
+
+    def _tags(self, asset_id: str, document_id: str, number: int) -> dict[str, str]:
+        """Upload tags, which Filestack's notification of the store carries back."""
+        tags = {
+            notices.TAG_DOCUMENT: document_id[: filestack.MAX_TAG_VALUE],
+            notices.TAG_ASSET: asset_id[: filestack.MAX_TAG_VALUE],
+            notices.TAG_STORE: str(number),
+        }
+        if self._dataset_tag is not None:
+            tags[notices.TAG_DATASET] = self._dataset_tag[: filestack.MAX_TAG_VALUE]
+        return tags
 
     def _refusal(self, asset_id: str, gate: StoreGate) -> CmsSyncError:
         if gate.attempts >= self._ambiguity.max_attempts:
@@ -373,6 +384,7 @@ async def open_syncer(
             ),
             clock=clock,
             events=events,
+            dataset_tag=settings.dataset_tag,
         )
 
 

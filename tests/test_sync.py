@@ -63,9 +63,11 @@ async def test_product_gets_every_slot_patched_with_the_store_response() -> None
         assert slot["filestackUrl"] == f"https://cdn.filestackcontent.com/{slot['filestackHandle']}"
         assert slot["filestackSourceAsset"] == asset["_id"]
         assert store["tasks"][0]["params"]["filename"] == asset["originalFilename"]
-        assert store["upload_tags"] == {
+        assert store["upload_tags"] == {  # what Filestack's notification carries back
             "sanity_document_id": "product-1",
             "sanity_asset_id": asset["_id"],
+            "sanity_dataset": "cmsdemo/production",
+            "cms_sync_store": "1",  # the asset's first store
         }
     assert lake.slot_value("product-1", "specSheet")["filestackMimeType"] == "application/pdf"
 
@@ -267,9 +269,9 @@ async def test_records_are_written_before_the_patch() -> None:
     events: list[str] = []
 
     class RecordingRecords(MemoryAssetRecords):
-        async def put(self, record: StoredAsset) -> None:
+        async def put(self, record: StoredAsset) -> StoredAsset:
             events.append(f"record {record.handle}")
-            await super().put(record)
+            return await super().put(record)
 
     lake, fs = FakeContentLake.from_fixtures(), FakeFilestack()
     lake.before_mutate = lambda lake: events.append("mutate")

@@ -41,9 +41,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cms_sync.errors import ConfigError, StoreUnavailable
+from cms_sync.filestack_notices import StoreNotice
 from cms_sync.jobs import (
     Accepted,
     BackfillRun,
+    Confirmation,
+    Confirmed,
     FailedJob,
     Job,
     JobRequest,
@@ -52,7 +55,15 @@ from cms_sync.jobs import (
     RunningJob,
     StoreStats,
 )
-from cms_sync.records import StoredAsset, StoreGate
+from cms_sync.records import (
+    ANSWERED_LATE,
+    Orphan,
+    StoredAsset,
+    StoreGate,
+    UnseenCopies,
+    notice_record,
+    notified_reason,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +147,25 @@ CREATE TABLE IF NOT EXISTS backfills (
     updated_at double precision NOT NULL,
     finished_at double precision
 );
+-- Each granted store, so that a notified handle can be explained: error is the answer
+-- that left it ambiguous; NULL while in flight, or when it never ended (a crash).
+CREATE TABLE IF NOT EXISTS store_log (
+    asset_id text NOT NULL,
+    number integer NOT NULL,
+    started_at double precision NOT NULL,
+    error text,
+    PRIMARY KEY (asset_id, number)
+);
+-- Handles Filestack made for our assets that no document uses.
+CREATE TABLE IF NOT EXISTS orphans (
+    handle text PRIMARY KEY,
+    asset_id text NOT NULL,
+    storage_key text,
+    url text NOT NULL,
+    store_number integer,
+    reason text NOT NULL,
+    noticed_at double precision NOT NULL
+);
 CREATE TABLE IF NOT EXISTS probe (
     id integer PRIMARY KEY CHECK (id = 1),
     at double precision NOT NULL,
@@ -146,7 +176,8 @@ CREATE TABLE IF NOT EXISTS probe (
 #: The statements that bring a database of the version before up to each version (a new
 #: database gets the whole schema at once).
 _MIGRATIONS: dict[int, str] = {
-    # Jobs keep the idempotency key of their latest delivery.
+    # Jobs keep the idempotency key of their latest delivery (store_log and orphans are
+    # new tables: the schema makes them).
     2: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS delivery_id text",
 }
 
@@ -227,32 +258,16 @@ class PostgresAssetRecords:
 
         return await self._store.run(read)
 
-    async def put(self, record: StoredAsset) -> None:
-        async def write(conn: Conn) -> None:
-            await conn.execute(
-                "INSERT INTO assets (asset_id, handle, url, size, mime_type, stored_at) "
-                "VALUES (%(asset)s, %(handle)s, %(url)s, %(size)s, %(mime)s, %(now)s) "
-                "ON CONFLICT (asset_id) DO UPDATE SET handle = excluded.handle, "
-                "url = excluded.url, size = excluded.size, mime_type = excluded.mime_type, "
-                "stored_at = excluded.stored_at",
-                {
-                    "asset": record.asset_id,
-                    "handle": record.handle,
-                    "url": record.url,
-                    "size": record.size,
-                    "mime": record.mime_type,
-                    "now": time.time(),
-                },
-            )
-            # Settled: held for good, so no replica is granted another store of it.
-            await conn.execute(
-                "INSERT INTO store_attempts (asset_id, attempts, total, not_before, "
-                "first_at, updated_at) VALUES (%(asset)s, 0, 0, 'Infinity', %(now)s, %(now)s) "
-                "ON CONFLICT (asset_id) DO UPDATE SET attempts = 0, not_before = 'Infinity'",
-                {"asset": record.asset_id, "now": time.time()},
-            )
+    async def put(self, record: StoredAsset) -> StoredAsset:
+        async def write(conn: Conn) -> StoredAsset:
+            kept = await _keep_record(conn, record)
+            if kept.handle != record.handle:
+                await _insert_orphan(
+                    conn, record.asset_id, record.handle, record.url, ANSWERED_LATE
+                )
+            return kept
 
-        await self._store.transaction(write)
+        return await self._store.transaction(write)
 
     async def begin_store(
         self,
@@ -286,7 +301,7 @@ class PostgresAssetRecords:
                 "updated_at = excluded.updated_at "
                 "WHERE store_attempts.attempts < %(max)s "
                 "AND store_attempts.not_before <= %(now)s "
-                "RETURNING attempts",
+                "RETURNING attempts, total",
                 {
                     "asset": asset_id,
                     "hold": hold_until,
@@ -296,8 +311,17 @@ class PostgresAssetRecords:
                 },
             )
             if granted is not None:
+                await conn.execute(
+                    "INSERT INTO store_log (asset_id, number, started_at) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (asset_id, number) DO UPDATE SET "
+                    "started_at = excluded.started_at, error = NULL",
+                    (asset_id, granted["total"], now),
+                )
                 return StoreGate(
-                    granted=True, attempts=granted["attempts"], storage_key=storage_key
+                    granted=True,
+                    attempts=granted["attempts"],
+                    storage_key=storage_key,
+                    number=granted["total"],
                 )
             record = await _record(conn, asset_id)  # stored meanwhile by another replica?
             if record is not None:
@@ -323,14 +347,22 @@ class PostgresAssetRecords:
     ) -> None:
         if maybe_stored:
             sql = "not_before = %(retry_at)s, last_error = %(error)s"
+            log_sql = "UPDATE store_log SET error = %(error)s"
         else:  # nothing was stored: the attempt does not count
             sql = (
                 "attempts = greatest(attempts - 1, 0), total = greatest(total - 1, 0), "
                 "not_before = %(now)s"
             )
+            log_sql = "DELETE FROM store_log"
         params = {"retry_at": retry_at, "error": error, "now": now, "asset": asset_id}
 
         async def write(conn: Conn) -> None:
+            # The store in flight is the asset's latest: the ledger holds it meanwhile.
+            await conn.execute(
+                f"{log_sql} WHERE asset_id = %(asset)s AND number = ("  # noqa: S608 - ours
+                "  SELECT total FROM store_attempts WHERE asset_id = %(asset)s)",
+                params,
+            )
             await conn.execute(
                 f"UPDATE store_attempts SET {sql}, updated_at = %(now)s "  # noqa: S608 - ours
                 "WHERE asset_id = %(asset)s AND not_before <> 'Infinity'",
@@ -355,6 +387,58 @@ async def _record(conn: Conn, asset_id: str) -> StoredAsset | None:
         (asset_id,),
     )
     return None if row is None else StoredAsset(**row)
+
+
+async def _keep_record(conn: Conn, record: StoredAsset) -> StoredAsset:
+    """Record ``record`` unless the asset has a record already; settle its ledger entry;
+    return the record kept."""
+    now = time.time()
+    await conn.execute(
+        "INSERT INTO assets (asset_id, handle, url, size, mime_type, stored_at) "
+        "VALUES (%(asset)s, %(handle)s, %(url)s, %(size)s, %(mime)s, %(now)s) "
+        "ON CONFLICT (asset_id) DO NOTHING",
+        {
+            "asset": record.asset_id,
+            "handle": record.handle,
+            "url": record.url,
+            "size": record.size,
+            "mime": record.mime_type,
+            "now": now,
+        },
+    )
+    # Settled: held for good, so no replica is granted another store of it.
+    await conn.execute(
+        "INSERT INTO store_attempts (asset_id, attempts, total, not_before, "
+        "first_at, updated_at) VALUES (%(asset)s, 0, 0, 'Infinity', %(now)s, %(now)s) "
+        "ON CONFLICT (asset_id) DO UPDATE SET attempts = 0, not_before = 'Infinity'",
+        {"asset": record.asset_id, "now": now},
+    )
+    kept = await _record(conn, record.asset_id)
+    assert kept is not None
+    return kept
+
+
+async def _insert_orphan(
+    conn: Conn,
+    asset_id: str,
+    handle: str,
+    url: str,
+    reason: str,
+    notice: StoreNotice | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO orphans (handle, asset_id, storage_key, url, store_number, reason, "
+        "noticed_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (
+            handle,
+            asset_id,
+            notice.storage_key if notice else None,
+            url,
+            notice.store_number if notice else None,
+            reason,
+            time.time(),
+        ),
+    )
 
 
 class PostgresJobStore:
@@ -520,6 +604,73 @@ class PostgresJobStore:
             )
 
         return await self.transaction(write)
+
+    async def confirm_store(self, notice: StoreNotice, *, now: float) -> Confirmation:
+        key = f"filestack:{notice.event_id}"
+
+        async def write(conn: Conn) -> Confirmation:
+            if await _one(conn, _ACCEPT_KEY_ONLY, {"key": key, "now": now}) is None:
+                return Confirmation(Confirmed.DUPLICATE)
+            # The asset's ledger row, locked: a replica's put or begin_store waits for us.
+            ledger = await _one(
+                conn,
+                "SELECT storage_key FROM store_attempts WHERE asset_id = %s FOR UPDATE",
+                (notice.asset_id,),
+            )
+            kept = await _record(conn, notice.asset_id)
+            if kept is not None and kept.handle == notice.handle:
+                return Confirmation(Confirmed.KNOWN)
+            if kept is not None:
+                logged = await _one(
+                    conn,
+                    "SELECT error FROM store_log WHERE asset_id = %s AND number = %s",
+                    (notice.asset_id, notice.store_number),
+                )
+                reason = notified_reason(logged is not None, logged["error"] if logged else None)
+                await _insert_orphan(
+                    conn, notice.asset_id, notice.handle, notice.url, reason, notice
+                )
+                return Confirmation(Confirmed.ORPHAN, reason=reason)
+            if ledger is None:
+                return Confirmation(Confirmed.UNKNOWN)
+            await _keep_record(conn, notice_record(notice))
+            rows = await _all(
+                conn,
+                "SELECT document_id FROM store_attempt_documents WHERE asset_id = %s "
+                "ORDER BY document_id",
+                (notice.asset_id,),
+            )
+            waiting = [row["document_id"] for row in rows]
+            # Due now: the asset is recorded, so no backoff protects anything any more.
+            await conn.execute(
+                "UPDATE jobs SET run_after = least(run_after, %s) "
+                "WHERE document_id = ANY(%s) AND state = 'pending'",
+                (now, waiting),
+            )
+            requests = [JobRequest(doc) for doc in waiting]
+            await conn.execute(_ACCEPT_UNKEYED, {"now": now, **_arrays(requests, key)})
+            await conn.execute(f"NOTIFY {CHANNEL}")
+            return Confirmation(Confirmed.RECORDED, queued=tuple(waiting))
+
+        return await self.transaction(write)
+
+    async def orphans(self) -> tuple[list[Orphan], list[UnseenCopies]]:
+        async def read(conn: Conn) -> tuple[list[Orphan], list[UnseenCopies]]:
+            orphans = await _all(
+                conn,
+                "SELECT handle, asset_id, storage_key, url, store_number, reason, noticed_at "
+                "FROM orphans ORDER BY noticed_at, handle",
+            )
+            unseen = await _all(
+                conn,
+                "SELECT * FROM (SELECT s.asset_id, s.storage_key, s.total - 1 - ("
+                "  SELECT count(*) FROM orphans AS o WHERE o.asset_id = s.asset_id) "
+                "  AS possible, s.last_error FROM store_attempts AS s) AS c "
+                "WHERE possible > 0 ORDER BY asset_id",
+            )
+            return [Orphan(**row) for row in orphans], [UnseenCopies(**row) for row in unseen]
+
+        return await self.run(read)
 
     async def latest_job(self, document_id: str) -> Job | None:
         async def read(conn: Conn) -> Job | None:

@@ -24,9 +24,12 @@ from typing import Any, TypeVar
 import structlog
 
 from cms_sync.errors import ConfigError, StoreUnavailable
+from cms_sync.filestack_notices import StoreNotice
 from cms_sync.jobs import (
     Accepted,
     BackfillRun,
+    Confirmation,
+    Confirmed,
     FailedJob,
     Job,
     JobRequest,
@@ -36,7 +39,15 @@ from cms_sync.jobs import (
     StoreStats,
 )
 from cms_sync.jobstore.groupcommit import GroupCommit
-from cms_sync.records import StoredAsset, StoreGate
+from cms_sync.records import (
+    ANSWERED_LATE,
+    Orphan,
+    StoredAsset,
+    StoreGate,
+    UnseenCopies,
+    notice_record,
+    notified_reason,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +125,26 @@ CREATE TABLE IF NOT EXISTS backfills (
     started_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL
+);
+
+-- Each granted store (schema 5), so that a notified handle can be explained: error is the
+-- answer that left it ambiguous; NULL while in flight, or when it never ended (a crash).
+CREATE TABLE IF NOT EXISTS store_log (
+    asset_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    error TEXT,
+    PRIMARY KEY (asset_id, number)
+);
+-- Handles Filestack made for our assets that no document uses (schema 5).
+CREATE TABLE IF NOT EXISTS orphans (
+    handle TEXT PRIMARY KEY,
+    asset_id TEXT NOT NULL,
+    storage_key TEXT,
+    url TEXT NOT NULL,
+    store_number INTEGER,
+    reason TEXT NOT NULL,
+    noticed_at REAL NOT NULL
 );
 
 -- One row rewritten by /readyz (schema 3): proof that the store can still be written.
@@ -234,32 +265,23 @@ class SQLiteAssetRecords:
         self._store = store
 
     async def get(self, asset_id: str) -> StoredAsset | None:
-        def read(conn: sqlite3.Connection) -> StoredAsset | None:
-            row = conn.execute(
-                "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = ?",
-                (asset_id,),
-            ).fetchone()
-            return None if row is None else StoredAsset(*row)
+        return await self._store.run(lambda conn: _record(conn, asset_id))
 
-        return await self._store.run(read)
-
-    async def put(self, record: StoredAsset) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO assets (asset_id, handle, url, size, mime_type, stored_at) "
-                "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now')) "
-                "ON CONFLICT (asset_id) DO UPDATE SET handle = excluded.handle, "
-                "url = excluded.url, size = excluded.size, mime_type = excluded.mime_type, "
-                "stored_at = excluded.stored_at",
-                (record.asset_id, record.handle, record.url, record.size, record.mime_type),
-            )
+    async def put(self, record: StoredAsset) -> StoredAsset:
+        def write(conn: sqlite3.Connection) -> StoredAsset:
+            kept = _record(conn, record.asset_id)
+            if kept is None:
+                _insert_record(conn, record)
+            elif kept.handle != record.handle:
+                _insert_orphan(conn, record.asset_id, record.handle, record.url, ANSWERED_LATE)
             # Settled; the row stays (with its total) as the trace of possible copies.
             conn.execute(
                 "UPDATE store_attempts SET attempts = 0, not_before = 0 WHERE asset_id = ?",
                 (record.asset_id,),
             )
+            return kept or record
 
-        await self._store.transaction(write)
+        return await self._store.transaction(write)
 
     async def begin_store(
         self,
@@ -272,12 +294,9 @@ class SQLiteAssetRecords:
         max_attempts: int,
     ) -> StoreGate:
         def write(conn: sqlite3.Connection) -> StoreGate:
-            found = conn.execute(
-                "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = ?",
-                (asset_id,),
-            ).fetchone()
+            found = _record(conn, asset_id)
             if found is not None:
-                return StoreGate(record=StoredAsset(*found))
+                return StoreGate(record=found)
             conn.execute(
                 "INSERT INTO store_attempt_documents (asset_id, document_id) VALUES (?, ?) "
                 "ON CONFLICT DO NOTHING",
@@ -295,15 +314,22 @@ class SQLiteAssetRecords:
                     storage_key=row["storage_key"],
                     last_error=row["last_error"],
                 )
-            attempts = conn.execute(
+            attempts, number = conn.execute(
                 "INSERT INTO store_attempts (asset_id, attempts, total, not_before, storage_key, "
                 "first_at, updated_at) VALUES (:asset, 1, 1, :hold, :key, :now, :now) "
                 "ON CONFLICT (asset_id) DO UPDATE SET attempts = attempts + 1, "
                 "total = total + 1, not_before = :hold, storage_key = :key, updated_at = :now "
-                "RETURNING attempts",
+                "RETURNING attempts, total",
                 {"asset": asset_id, "hold": hold_until, "key": storage_key, "now": now},
-            ).fetchone()[0]
-            return StoreGate(granted=True, attempts=attempts, storage_key=storage_key)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO store_log (asset_id, number, started_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET started_at = excluded.started_at, error = NULL",
+                (asset_id, number, now),
+            )
+            return StoreGate(
+                granted=True, attempts=attempts, storage_key=storage_key, number=number
+            )
 
         return await self._store.transaction(write)
 
@@ -312,15 +338,26 @@ class SQLiteAssetRecords:
     ) -> None:
         if maybe_stored:
             sql = "not_before = :retry_at, last_error = :error"
+            log_sql = "UPDATE store_log SET error = :error"
         else:  # nothing was stored: the attempt does not count
             sql = "attempts = max(attempts - 1, 0), total = max(total - 1, 0), not_before = :now"
-        await self._store.transaction(
-            lambda conn: conn.execute(
+            log_sql = "DELETE FROM store_log"
+        params = {"retry_at": retry_at, "error": error, "now": now, "asset": asset_id}
+
+        def write(conn: sqlite3.Connection) -> None:
+            # The store in flight is the asset's latest: the ledger holds it meanwhile.
+            conn.execute(
+                f"{log_sql} WHERE asset_id = :asset AND number = ("  # noqa: S608 - ours
+                "  SELECT total FROM store_attempts WHERE asset_id = :asset)",
+                params,
+            )
+            conn.execute(
                 f"UPDATE store_attempts SET {sql}, updated_at = :now "  # noqa: S608 - ours
                 "WHERE asset_id = :asset",
-                {"retry_at": retry_at, "error": error, "now": now, "asset": asset_id},
+                params,
             )
-        )
+
+        await self._store.transaction(write)
 
 
 class SQLiteJobStore:
@@ -483,6 +520,83 @@ class SQLiteJobStore:
             return dataclasses.replace(accepted, unseen=unseen)
 
         return await self.transaction(write)
+
+    async def confirm_store(self, notice: StoreNotice, *, now: float) -> Confirmation:
+        def write(conn: sqlite3.Connection) -> Confirmation:
+            key = f"filestack:{notice.event_id}"
+            if not conn.execute(
+                "INSERT INTO inbox (idempotency_key, received_at) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (key, now),
+            ).rowcount:
+                return Confirmation(Confirmed.DUPLICATE)
+            kept = _record(conn, notice.asset_id)
+            if kept is not None and kept.handle == notice.handle:
+                return Confirmation(Confirmed.KNOWN)
+            if kept is not None:
+                logged = conn.execute(
+                    "SELECT error FROM store_log WHERE asset_id = ? AND number = ?",
+                    (notice.asset_id, notice.store_number),
+                ).fetchone()
+                reason = notified_reason(logged is not None, logged["error"] if logged else None)
+                _insert_orphan(conn, notice.asset_id, notice.handle, notice.url, reason, notice)
+                return Confirmation(Confirmed.ORPHAN, reason=reason)
+            ledger = conn.execute(
+                "SELECT storage_key FROM store_attempts WHERE asset_id = ?", (notice.asset_id,)
+            ).fetchone()
+            if ledger is None:
+                return Confirmation(Confirmed.UNKNOWN)
+            _insert_record(conn, notice_record(notice))
+            conn.execute(
+                "UPDATE store_attempts SET attempts = 0, not_before = 0 WHERE asset_id = ?",
+                (notice.asset_id,),
+            )
+            waiting = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT document_id FROM store_attempt_documents WHERE asset_id = ? "
+                    "ORDER BY document_id",
+                    (notice.asset_id,),
+                )
+            ]
+            # Due now: the asset is recorded, so no backoff protects anything any more.
+            conn.executemany(
+                "UPDATE jobs SET run_after = min(run_after, ?) "
+                "WHERE document_id = ? AND state = 'pending'",
+                [(now, doc) for doc in waiting],
+            )
+            _queue(
+                conn,
+                [JobRequest(doc) for doc in waiting],
+                now=now,
+                clear_failed=False,
+                delivery_id=key,
+            )
+            return Confirmation(Confirmed.RECORDED, queued=tuple(waiting))
+
+        return await self.transaction(write)
+
+    async def orphans(self) -> tuple[list[Orphan], list[UnseenCopies]]:
+        def read(conn: sqlite3.Connection) -> tuple[list[Orphan], list[UnseenCopies]]:
+            orphans = [
+                Orphan(*row)
+                for row in conn.execute(
+                    "SELECT handle, asset_id, storage_key, url, store_number, reason, "
+                    "noticed_at FROM orphans ORDER BY noticed_at, handle"
+                )
+            ]
+            unseen = [
+                UnseenCopies(*row)
+                for row in conn.execute(
+                    "SELECT * FROM (SELECT s.asset_id, s.storage_key, s.total - 1 - ("
+                    "  SELECT count(*) FROM orphans AS o WHERE o.asset_id = s.asset_id) "
+                    "  AS possible, s.last_error FROM store_attempts AS s) "
+                    "WHERE possible > 0 ORDER BY asset_id"
+                )
+            ]
+            return orphans, unseen
+
+        return await self.run(read)
 
     async def latest_job(self, document_id: str) -> Job | None:
         def read(conn: sqlite3.Connection) -> Job | None:
@@ -842,6 +956,44 @@ def _queue(
         )
         queued.append(event.document_id)
     return Accepted(queued=tuple(queued), coalesced=tuple(coalesced))
+
+
+def _record(conn: sqlite3.Connection, asset_id: str) -> StoredAsset | None:
+    row = conn.execute(
+        "SELECT asset_id, handle, url, size, mime_type FROM assets WHERE asset_id = ?",
+        (asset_id,),
+    ).fetchone()
+    return None if row is None else StoredAsset(*row)
+
+
+def _insert_record(conn: sqlite3.Connection, record: StoredAsset) -> None:
+    conn.execute(
+        "INSERT INTO assets (asset_id, handle, url, size, mime_type, stored_at) "
+        "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
+        (record.asset_id, record.handle, record.url, record.size, record.mime_type),
+    )
+
+
+def _insert_orphan(
+    conn: sqlite3.Connection,
+    asset_id: str,
+    handle: str,
+    url: str,
+    reason: str,
+    notice: StoreNotice | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO orphans (handle, asset_id, storage_key, url, store_number, reason, "
+        "noticed_at) VALUES (?, ?, ?, ?, ?, ?, strftime('%s', 'now')) ON CONFLICT DO NOTHING",
+        (
+            handle,
+            asset_id,
+            notice.storage_key if notice else None,
+            url,
+            notice.store_number if notice else None,
+            reason,
+        ),
+    )
 
 
 def _recover_expired(conn: sqlite3.Connection, *, now: float, max_attempts: int) -> None:
