@@ -20,6 +20,7 @@ from starlette.routing import Route
 from cms_sync.backoff import Backoff
 from cms_sync.errors import ConfigError
 from cms_sync.events import Fanout, LogEvents
+from cms_sync.handlers.filestack import filestack_webhook
 from cms_sync.handlers.health import healthz, readyz
 from cms_sync.handlers.metrics import metrics
 from cms_sync.handlers.webhooks import sanity_webhook
@@ -132,6 +133,9 @@ def create_app(
                     clock=clock,
                     worker_required=start_worker,
                     events=events,
+                    filestack_secret=settings.filestack_webhook_secret,
+                    filestack_max_age=settings.cms_sync_filestack_webhook_max_age,
+                    dataset_tag=settings.dataset_tag,
                 )
                 if not verify_signatures:
                     log.warning(
@@ -149,6 +153,7 @@ def create_app(
 
     routes = [
         Route("/webhooks/sanity", sanity_webhook, methods=["POST"]),
+        Route("/webhooks/filestack", filestack_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

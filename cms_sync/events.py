@@ -128,8 +128,41 @@ class DeliveryEnded:
     ignored: tuple[dict[str, str], ...] = ()
 
 
+class NoticeOutcome(enum.StrEnum):
+    """How a Filestack notification was answered (all but the last five are 200s)."""
+
+    RECORDED = "recorded"  # a lost answer completed: the asset recorded, documents queued
+    KNOWN = "known"  # the asset's recorded handle
+    ORPHAN = "orphan"  # another handle of a recorded asset
+    UNKNOWN = "unknown"  # an asset this store never began a store of
+    DUPLICATE = "duplicate"  # seen before
+    IGNORED = "ignored"  # not a store, or not ours
+    UNAUTHORIZED = "unauthorized"  # 401
+    MALFORMED = "malformed"  # 400
+    TOO_LARGE = "too_large"  # 413
+    UNAVAILABLE = "unavailable"  # 503
+
+
+@dataclass(frozen=True)
+class NoticeEnded:
+    """One Filestack webhook notification, as it was answered."""
+
+    outcome: NoticeOutcome
+    reason: str | None = None
+    asset_id: str | None = None
+    handle: str | None = None
+    queued: tuple[str, ...] = ()
+
+
 Event = (
-    JobEnded | SyncEnded | PatchConflict | AssetStored | StoreUnanswered | CallEnded | DeliveryEnded
+    JobEnded
+    | SyncEnded
+    | PatchConflict
+    | AssetStored
+    | StoreUnanswered
+    | CallEnded
+    | DeliveryEnded
+    | NoticeEnded
 )
 
 
@@ -192,6 +225,8 @@ class LogEvents:
                 )
             case DeliveryEnded():
                 self._delivery_ended(event)
+            case NoticeEnded():
+                self._notice_ended(event)
 
     def _job_ended(self, event: JobEnded) -> None:
         log = self._log
@@ -225,3 +260,17 @@ class LogEvents:
                 log.error("delivery_not_stored", error=event.reason)
             case _:
                 log.warning("delivery_rejected", outcome=event.outcome.value, reason=event.reason)
+
+    def _notice_ended(self, event: NoticeEnded) -> None:
+        fields = {"asset_id": event.asset_id, "handle": event.handle, "reason": event.reason}
+        match event.outcome:
+            case NoticeOutcome.RECORDED:
+                self._log.info("store_confirmed", queued=list(event.queued), **fields)
+            case NoticeOutcome.ORPHAN:
+                self._log.warning("orphan_found", **fields)
+            case NoticeOutcome.UNAVAILABLE:
+                self._log.error("notice_not_stored", error=event.reason)
+            case NoticeOutcome.UNAUTHORIZED | NoticeOutcome.MALFORMED | NoticeOutcome.TOO_LARGE:
+                self._log.warning("notice_rejected", outcome=event.outcome.value, **fields)
+            case _:
+                self._log.info("notice_" + event.outcome.value, **fields)

@@ -35,6 +35,8 @@ from cms_sync.events import (
     DeliveryOutcome,
     Event,
     JobEnded,
+    NoticeEnded,
+    NoticeOutcome,
     PatchConflict,
     StoreUnanswered,
     SyncEnded,
@@ -107,6 +109,12 @@ class Metrics:
             "Sanity webhook deliveries, by how they were answered.",
             "outcome",
         )
+        self.notices = counter(
+            "cms_sync_filestack_notices",
+            "Filestack webhook notifications, by what they did (recorded: a lost answer "
+            "completed; orphan: a second handle of an asset).",
+            "outcome",
+        )
         self.job_runs = counter(
             "cms_sync_job_runs",
             "Job runs, by verdict and by who asked for the job.",
@@ -166,6 +174,8 @@ class Metrics:
         )
         for outcome in DeliveryOutcome:
             self.deliveries.labels(outcome.value)
+        for notice in NoticeOutcome:
+            self.notices.labels(notice.value)
         if limiter is not None:
             registry.register(_LimiterWaits(limiter))
 
@@ -174,6 +184,8 @@ class Metrics:
         match event:
             case DeliveryEnded():
                 self.deliveries.labels(event.outcome.value).inc()
+            case NoticeEnded():
+                self.notices.labels(event.outcome.value).inc()
             case JobEnded():
                 verdict = event.verdict.value.replace(" ", "_")
                 self.job_runs.labels(verdict, event.job.source.value).inc()

@@ -27,3 +27,8 @@ class Service:
     worker_required: bool = True
     #: Told how each delivery was answered (the log, metrics).
     events: Events = field(default_factory=LogEvents)
+    #: Filestack's webhook: None answers 404 (not configured).
+    filestack_secret: SecretStr | None = None
+    filestack_max_age: float = 900.0
+    #: ``<project>/<dataset>``: stores tagged for another dataset are not ours.
+    dataset_tag: str = ""

@@ -39,6 +39,7 @@ _SECRET_FIELDS = (
     "filestack_api_key",
     "filestack_app_secret",
     "sanity_webhook_secret",
+    "filestack_webhook_secret",
 )
 
 
@@ -63,6 +64,7 @@ class _Section(BaseSettings):
     @field_validator(
         "filestack_app_secret",
         "sanity_webhook_secret",
+        "filestack_webhook_secret",
         "cms_sync_webhook_tolerance",
         "cms_sync_config",
         "cms_sync_max_connections",
@@ -101,6 +103,7 @@ class KnownSecrets(_Section):
     filestack_api_key: str | None = None
     filestack_app_secret: SecretStr | None = None
     sanity_webhook_secret: SecretStr | None = None
+    filestack_webhook_secret: SecretStr | None = None
 
 
 class SanitySettings(_Section):
@@ -231,6 +234,11 @@ class Settings(SyncSettings, StoreSettings, JobSettings, LogSettings):
     #: Refuse signatures older than this many seconds; off by default (Sanity retries for
     #: 30 minutes and may not re-sign).
     cms_sync_webhook_tolerance: float | None = Field(default=None, gt=0)
+    #: The secret of the Filestack webhook (developer portal > Webhooks; not the app
+    #: secret). Unset: ``POST /webhooks/filestack`` answers 404.
+    filestack_webhook_secret: SecretStr | None = None
+    #: Refuse Filestack signatures further than this many seconds from now.
+    cms_sync_filestack_webhook_max_age: float = Field(default=900.0, ge=30, le=86_400)
     #: Connections served at once (503 above); default: the open-files limit less a reserve.
     cms_sync_max_connections: int | None = Field(default=None, ge=16, le=1_000_000)
     #: Seconds a connection has to deliver a whole request (headers and body).

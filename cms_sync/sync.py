@@ -259,6 +259,10 @@ class Syncer:
                 unanswered = await self._settle(asset.id, gate, exc)
                 if unanswered is None:
                     raise
+                # Filestack's notification of this store may have beaten its lost answer.
+                notified = await self._records.get(asset.id)
+                if notified is not None:
+                    return notified
                 raise unanswered from exc
         record = StoredAsset(
             asset_id=asset.id,

@@ -9,6 +9,12 @@ overwrites the object: the deterministic key the worker relies on to make a repe
 harmless.
 
 To stay offline, sources are fetched only from loopback hosts unless a transport is given.
+
+With a :class:`Notifier`, each store is also notified as Filestack's webhooks do: an
+``fp.upload`` POST carrying the store's upload tags, signed with ``FS-Signature`` (hex
+HMAC-SHA256 of ``"<FS-Timestamp>.<body>"``) and retried after 5 minutes, 30 minutes and
+12 hours on anything but 200, 201 or 204. A store whose answer is lost (``lose_answer``)
+is notified all the same: the file was stored.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +53,101 @@ class StoredFile:
 
 
 @dataclass
+class Notification:
+    """One webhook message and what became of it."""
+
+    body: bytes
+    #: The status of each attempt, or the name of the network error.
+    attempts: list[int | str] = field(default_factory=list)
+    #: "delivered" or "undelivered" (retries ran out); None while pending.
+    outcome: str | None = None
+
+
+@dataclass
+class Notifier:
+    """Filestack's webhooks for one application: one URL, one secret, one message at a time."""
+
+    url: str
+    secret: str
+    #: Delays before each retry (Filestack's: 5 minutes, 30 minutes, 12 hours).
+    retry_delays: tuple[float, ...] = (300.0, 1800.0, 43200.0)
+    timeout: float = 30.0
+    clock: Callable[[], float] = time.time
+    transport: httpx.BaseTransport | None = None
+    #: While cleared, messages wait (a webhook delayed); set to let them go.
+    released: threading.Event = field(default_factory=lambda: _set_event())
+    sent: list[Notification] = field(default_factory=list)
+    _queue: queue.Queue[Notification | None] = field(default_factory=queue.Queue)
+    _pending: int = 0
+    _idle: threading.Condition = field(default_factory=threading.Condition)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def notify(self, message: dict[str, Any]) -> Notification:
+        notification = Notification(json.dumps(message, separators=(",", ":")).encode())
+        with self._idle:
+            self.sent.append(notification)
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+        self._queue.put(notification)
+        return notification
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        """Block until every message so far is delivered or given up."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.released.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 5)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.timeout, transport=self.transport) as client:
+            while (notification := self._queue.get()) is not None:
+                try:
+                    self.released.wait()
+                    self._deliver(client, notification)
+                finally:
+                    with self._idle:
+                        self._pending -= 1
+                        self._idle.notify_all()
+
+    def _deliver(self, client: httpx.Client, notification: Notification) -> None:
+        for delay in (*self.retry_delays, None):
+            timestamp = str(int(self.clock()))
+            signed = timestamp.encode() + b"." + notification.body
+            headers = {
+                "content-type": "application/json",
+                "fs-timestamp": timestamp,
+                "fs-signature": hmac.new(self.secret.encode(), signed, hashlib.sha256).hexdigest(),
+            }
+            try:
+                status: int | str = client.post(
+                    self.url, content=notification.body, headers=headers
+                ).status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            notification.attempts.append(status)
+            if status in (200, 201, 204):
+                notification.outcome = "delivered"
+                return
+            if delay is None or self._stop.wait(delay):
+                break
+        notification.outcome = "undelivered"
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+@dataclass
 class Filestack:
     """Filestack's processing API, one application, in memory."""
 
@@ -59,6 +161,8 @@ class Filestack:
     fetch_timeout: float = 10.0
     faults: Faults | None = None
     clock: Callable[[], float] = time.time
+    #: Sends an ``fp.upload`` for each store, when set.
+    notifier: Notifier | None = None
     # -- what happened ----------------------------------------------------------------
     #: Every store request body that was carried out.
     stores: list[dict[str, Any]] = field(default_factory=list)
@@ -94,6 +198,8 @@ class Filestack:
         return self._handler(request)
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
         if self._client is not None:
             self._client.close()
         if self.faults is not None:
@@ -152,18 +258,26 @@ class Filestack:
             self.objects[key] = handle
             self.files[handle] = StoredFile(handle, key, filename, data, mime, tags)
         base = self.cdn or f"{request.url.scheme}://{request.url.netloc.decode()}"
-        answer = json_response(
-            200,
-            {
-                "container": self.container,
-                "filename": filename,
-                "handle": handle,
-                "key": key,
-                "size": len(data),
-                "type": mime,
-                "url": f"{base}/{handle}",
-            },
-        )
+        stored = {
+            "container": self.container,
+            "filename": filename,
+            "handle": handle,
+            "key": key,
+            "size": len(data),
+            "type": mime,
+            "url": f"{base}/{handle}",
+        }
+        if self.notifier is not None:
+            text = {k: v for k, v in stored.items() if k != "handle"}  # fp.upload has none
+            self.notifier.notify(
+                {
+                    "id": 30_000_000 + n,
+                    "action": "fp.upload",
+                    "timestamp": int(self.clock()),
+                    "text": {**text, "client": "Computer", "status": "Stored", "upload_tags": tags},
+                }
+            )
+        answer = json_response(200, stored)
         return answer if self.lose_answer is None else self.lose_answer(answer)
 
     def _fetch(self, source: str) -> tuple[bytes, str | None] | str:

@@ -30,23 +30,29 @@ from cms_sync.service import Service
 log = structlog.get_logger(__name__)
 
 
-class _TooLarge(Exception):
+class BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused (without reading the rest) once it passes ``limit`` bytes.
+
+    Raises:
+        BodyTooLarge: declared or found larger than ``limit``.
+        ClientDisconnect: the client went away.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
+        raise BodyTooLarge
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _TooLarge
+            raise BodyTooLarge
     return bytes(body)
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -64,13 +70,13 @@ async def sanity_webhook(request: Request) -> JSONResponse:
 
 def _ended(service: Service, outcome: DeliveryOutcome, status: int, message: str) -> JSONResponse:
     service.events.emit(DeliveryEnded(outcome, message))
-    return _error(status, message)
+    return error(status, message)
 
 
 async def _handle(request: Request, service: Service, key: str | None) -> JSONResponse:
     try:
-        body = await _read_body(request, service.max_body)
-    except _TooLarge:
+        body = await read_body(request, service.max_body)
+    except BodyTooLarge:
         return _ended(
             service, DeliveryOutcome.TOO_LARGE, 413, f"body larger than {service.max_body} bytes"
         )
@@ -107,7 +113,7 @@ async def _handle(request: Request, service: Service, key: str | None) -> JSONRe
         accepted = await service.store.accept(key, delivery.requests, now=service.clock())
     except StoreUnavailable as exc:
         service.events.emit(DeliveryEnded(DeliveryOutcome.UNAVAILABLE, str(exc)))
-        return _error(503, "job store unavailable; retry later")
+        return error(503, "job store unavailable; retry later")
     if accepted.duplicate:
         service.events.emit(DeliveryEnded(DeliveryOutcome.DUPLICATE))
         return JSONResponse({"status": "duplicate"})

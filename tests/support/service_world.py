@@ -56,8 +56,11 @@ class World:
 
 
 @contextmanager
-def running_world(database: Path, **overrides: Any) -> Iterator[World]:
-    lake, fs = FakeContentLake.from_fixtures(), FakeFilestack(app_secret="fs-secret")
+def running_world(
+    database: Path, *, lake: FakeContentLake | None = None, **overrides: Any
+) -> Iterator[World]:
+    lake = lake or FakeContentLake.from_fixtures()
+    fs = FakeFilestack(app_secret="fs-secret")
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
         settings = make_settings(
             sanity_api_host=sanity_url,
