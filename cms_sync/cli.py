@@ -365,6 +365,48 @@ async def run_failures(settings: OperatorSettings, *, as_json: bool, out: TextIO
     return EXIT_OK
 
 
+async def run_orphans(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
+    scrub = Scrubber(settings.secret_values())
+    async with open_storage(settings.cms_sync_database, create=False) as storage:
+        found = await operations.orphans(storage, scrub=scrub)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "orphans": [
+                        {**dataclasses.asdict(o), "noticed_at": iso(o.noticed_at)}
+                        for o in found.handles
+                    ],
+                    "unseen_copies": [dataclasses.asdict(u) for u in found.unseen],
+                },
+                indent=2,
+            ),
+            file=out,
+        )
+        return EXIT_OK
+    if not found.handles and not found.unseen:
+        print("no orphans", file=out)
+    for o in found.handles:
+        print(
+            f"{o.handle}\t{o.asset_id}\tkey {o.storage_key or '?'}\t{iso(o.noticed_at)}\t"
+            f"{o.reason}",
+            file=out,
+        )
+    for u in found.unseen:
+        print(
+            f"(handle unknown)\t{u.asset_id}\tkey {u.storage_key or '?'}\t"
+            f"{u.possible} store(s) may have made a copy that no notification named",
+            file=out,
+        )
+    if found.handles or found.unseen:
+        print(
+            "nothing is deleted: with one storage key per asset an orphan names the same "
+            "stored object as the kept handle (see README, Orphans)",
+            file=out,
+        )
+    return EXIT_OK
+
+
 async def run_status(settings: OperatorSettings, *, as_json: bool, out: TextIO) -> int:
     now = time.time()
     async with open_storage(settings.cms_sync_database, create=False) as storage:
@@ -517,6 +559,11 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 def _cmd_failures(args: argparse.Namespace) -> int:
     settings = _prepare(OperatorSettings)
     return asyncio.run(run_failures(settings, as_json=args.json, out=sys.stdout))
+
+
+def _cmd_orphans(args: argparse.Namespace) -> int:
+    settings = _prepare(OperatorSettings)
+    return asyncio.run(run_orphans(settings, as_json=args.json, out=sys.stdout))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -753,6 +800,13 @@ def build_parser() -> argparse.ArgumentParser:
     failures = commands.add_parser("failures", help="list documents whose sync failed")
     failures.add_argument("--json", action="store_true", help="print JSON")
     failures.set_defaults(func=_cmd_failures)
+
+    orphans = commands.add_parser(
+        "orphans",
+        help="list Filestack handles made for our assets that no document uses (deletes nothing)",
+    )
+    orphans.add_argument("--json", action="store_true", help="print JSON")
+    orphans.set_defaults(func=_cmd_orphans)
 
     replay = commands.add_parser(
         "replay",

@@ -1,4 +1,4 @@
-"""What operators do: status, failures and replay, as data.
+"""What operators do: status, failures, orphans and replay, as data.
 
 Each use case takes the storage and returns plain values; rendering is the caller's: the
 CLI prints lines or JSON, and the operator page will draw the same values. Nothing here
@@ -9,6 +9,7 @@ and ``replay`` answer alike on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 
 from cms_sync.deliveries import id_problem
 from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore, RunningJob
+from cms_sync.records import Orphan, UnseenCopies
 from cms_sync.scrub import Scrubber
 from cms_sync.storage import Storage
 from cms_sync.sync import Syncer, SyncReport
@@ -68,6 +70,27 @@ async def failures(storage: Storage, *, scrub: Scrubber) -> list[FailedJob]:
         FailedJob(f.document_id, f.attempts, scrub(f.last_error), f.failed_at)
         for f in await storage.jobs.failures()
     ]
+
+
+# -- orphans -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Orphans:
+    """Handles Filestack made for our assets that no document uses, and the assets whose
+    stores may have made copies no notification named (their handles unknown to us)."""
+
+    handles: list[Orphan]
+    unseen: list[UnseenCopies]
+
+
+async def orphans(storage: Storage, *, scrub: Scrubber) -> Orphans:
+    handles, unseen = await storage.jobs.orphans()
+    return Orphans(
+        [dataclasses.replace(o, reason=scrub(o.reason)) for o in handles],
+        [
+            dataclasses.replace(u, last_error=scrub(u.last_error) if u.last_error else None)
+            for u in unseen
+        ],
+    )
 
 
 # -- replay ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import pytest
 from process import ServeProcess, cms_sync
 
 from cms_sync import signature
+from cms_sync.emulators.filestack import Notifier
 from fakes import FakeContentLake, FakeFilestack
 from scenarios import asset, catalogue, image, slots
 from senders import SECRET, Deliveries, mixed_deliveries
@@ -35,6 +36,9 @@ TOKEN = "sk-test-token"
 def fifty_documents() -> list[dict[str, Any]]:
     """25 products (main image + a 2-image gallery from a pool of 6) and 25 posts."""
     return catalogue(products=25, posts=25, shared=6)
+
+
+HOOK_SECRET = "fs-hook-secret"
 
 
 @dataclass
@@ -81,7 +85,12 @@ def service(tmp_path: Path) -> Iterator[Service]:
     fs = FakeFilestack()
     echoes: queue.Queue[dict[str, Any]] = queue.Queue()
     with serve(lake) as (sanity_url, _), serve(fs) as (filestack_url, _):
-        env = crash_test_env(sanity_url, filestack_url, SANITY_WEBHOOK_SECRET=SECRET)
+        env = crash_test_env(
+            sanity_url,
+            filestack_url,
+            SANITY_WEBHOOK_SECRET=SECRET,
+            FILESTACK_WEBHOOK_SECRET=HOOK_SECRET,
+        )
         svc = Service(lake, fs, env, tmp_path, echoes)
 
         def on_commit(docs: list[dict[str, Any]]) -> None:
@@ -126,6 +135,9 @@ def test_two_hundred_deliveries_with_a_kill_9_in_the_middle(service: Service) ->
         args=(svc, svc.deliveries(first.url), lambda: current["url"], stop),
         daemon=True,
     )
+
+    # Filestack's notifications of the stores are delayed until the end (phase 4).
+    fs.notifier = Notifier("http://127.0.0.1:9/not-yet", HOOK_SECRET, released=threading.Event())
 
     # Phase 1: Filestack holds every store; deliveries are acknowledged meanwhile.
     fs.gate = threading.Event()
@@ -222,6 +234,24 @@ def test_two_hundred_deliveries_with_a_kill_9_in_the_middle(service: Service) ->
 
     jobs = svc.jobs()
     assert not jobs.get("pending") and not jobs.get("running") and not jobs.get("failed")
+
+    # Phase 4: Filestack's delayed notifications arrive. The first store of each asset the
+    # kill cut off made a file whose handle died with the process: exactly those are orphans.
+    first_handle: dict[str, str] = {}
+    for body, made in zip(fs.stores, fs.files.values(), strict=True):
+        first_handle.setdefault(body["sources"][0], made.handle)
+    fs.notifier.url = f"{second.url}/webhooks/filestack"
+    fs.notifier.released.set()
+    assert fs.notifier.wait_idle(60)
+    assert {n.outcome for n in fs.notifier.sent} == {"delivered"}
+    listed = json.loads(cms_sync("orphans", "--json", env=svc.env, cwd=svc.cwd).stdout)
+    assert {o["handle"] for o in listed["orphans"]} == {first_handle[u] for u in in_flight_at_kill}
+    assert all("crashed mid-store" in o["reason"] for o in listed["orphans"])
+    assert listed["unseen_copies"] == []  # every possible copy is named
+    text = cms_sync("orphans", env=svc.env, cwd=svc.cwd).stdout.splitlines()
+    assert len(text) == len(in_flight_at_kill) + 1 and text[-1].startswith("nothing is deleted")
+    assert svc.jobs().get("pending", 0) == 0  # the notifications stored and queued nothing
+    assert len(fs.stores) == sum(stores.values())
     second.terminate()
     print(
         f"\n200 deliveries (+{len(lake.commits)} echoes of patches), {len(doc_ids)} documents, "

@@ -3,16 +3,19 @@ completed from the notice, orphans and their reasons, copies we never saw."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from cms_sync.cli import run_orphans
 from cms_sync.filestack_notices import StoreNotice
 from cms_sync.jobs import Confirmed, JobRequest, JobStore
 from cms_sync.jobstore.postgres import PostgresJobStore
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import ANSWERED_LATE, StoredAsset
+from cms_sync.settings import OperatorSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -157,3 +160,40 @@ async def test_a_store_that_stored_nothing_does_not_use_up_a_number(store: JobSt
     assert await begin(store, now=0) == 1
     await store.records.end_store(A, maybe_stored=False, now=1, retry_at=1, error="HTTP 403")
     assert await begin(store, now=2) == 1
+
+
+async def test_the_operator_sees_unseen_copies_then_the_orphan_that_names_one(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "jobs.db"
+    settings = OperatorSettings(_env_file=None, cms_sync_database=database)
+    store = await SQLiteJobStore.open(database)
+    try:
+        assert await run_listing(settings) == ["no orphans"]
+        first = await begin(store, now=0)  # cut off by a crash
+        await begin(store, now=HOLD + 1)
+        await store.records.put(record("H2"))
+        assert await run_listing(settings) == [
+            f"(handle unknown)\t{A}\tkey {KEY}\t1 store(s) may have made a copy that no "
+            "notification named",
+            NOTHING_DELETED,
+        ]
+        await store.confirm_store(notice("H1", first), now=HOLD + 2)
+        (line, footer) = await run_listing(settings)
+        handle, asset, key, _, reason = line.split("\t")
+        assert (handle, asset, key, footer) == ("H1", A, f"key {KEY}", NOTHING_DELETED)
+        assert reason == "no answer recorded: the worker stopped or crashed mid-store"
+    finally:
+        await store.close()
+
+
+NOTHING_DELETED = (
+    "nothing is deleted: with one storage key per asset an orphan names the same stored "
+    "object as the kept handle (see README, Orphans)"
+)
+
+
+async def run_listing(settings: OperatorSettings) -> list[str]:
+    out = io.StringIO()
+    assert await run_orphans(settings, as_json=False, out=out) == 0
+    return out.getvalue().splitlines()

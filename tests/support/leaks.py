@@ -22,6 +22,8 @@ TEST_SECRETS = (
     "whsec-connections",
     "whsec-backfill-test",
     "whsec-acceptance",
+    "fs-hook-secret",
+    "fs-webhook-secret",
 )
 
 
