@@ -39,6 +39,9 @@ from cms_sync.errors import SignatureError
 
 SIGNATURE_HEADER = "fs-signature"
 TIMESTAMP_HEADER = "fs-timestamp"
+#: A notification's idempotency key is this and its id: its jobs carry it as their
+#: ``delivery_id``, which is how a retry knows a notification made the job due.
+DELIVERY_PREFIX = "filestack:"
 #: The actions that report a stored file.
 STORE_ACTIONS = ("fp.upload", "fp.converse")
 
@@ -106,6 +109,10 @@ class StoreNotice:
     #: When Filestack says the event happened (unix s), if it says.
     timestamp: float | None
 
+    @property
+    def delivery_id(self) -> str:
+        return delivery_id(self.event_id)
+
 
 @dataclass(frozen=True)
 class NotOurs:
@@ -113,6 +120,10 @@ class NotOurs:
 
     event_id: str | None
     reason: str
+
+
+def delivery_id(event_id: str) -> str:
+    return f"{DELIVERY_PREFIX}{event_id}"
 
 
 class MalformedNotice(ValueError):

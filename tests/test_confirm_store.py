@@ -99,6 +99,36 @@ async def test_a_lost_answer_is_completed_and_its_documents_are_due_at_once(
     assert (await store.orphans()) == ([], [])
 
 
+async def test_a_notice_during_the_run_that_lost_the_answer_is_not_undone_by_its_retry(
+    store: JobStore,
+) -> None:
+    """The notice lands after the run re-read the record but before it wrote its backoff:
+    the backoff must not swallow the job the notice made due."""
+    await store.accept("k1", [JobRequest("post-1")], now=0)
+    job = await store.claim(owner="w", now=0, lease=30, max_attempts=3)
+    assert job is not None
+    number = await lost_answer(store, now=1)
+
+    confirmed = await store.confirm_store(notice("HANDLE1", number), now=2)
+    await store.retry(job, now=3, run_after=500, error="ambiguous store")
+
+    assert confirmed.queued == ("post-1",)
+    due = await store.claim(owner="w", now=4, lease=30, max_attempts=3)
+    assert due is not None and due.document_id == "post-1"
+    assert due.delivery_id == "filestack:ev-HANDLE1"
+
+
+async def test_a_delivery_during_a_run_still_keeps_its_backoff(store: JobStore) -> None:
+    await store.accept("k1", [JobRequest("post-1")], now=0)
+    job = await store.claim(owner="w", now=0, lease=30, max_attempts=3)
+    assert job is not None
+    await store.accept("k2", [JobRequest("post-1")], now=2)  # an editor saved again
+    await store.retry(job, now=3, run_after=500, error="ambiguous store")
+
+    assert await store.claim(owner="w", now=4, lease=30, max_attempts=3) is None
+    assert await store.claim(owner="w", now=501, lease=30, max_attempts=3) is not None
+
+
 async def test_a_repeated_notification_does_nothing(store: JobStore) -> None:
     number = await lost_answer(store, now=0)
     assert (await store.confirm_store(notice("H1", number), now=1)).outcome is Confirmed.RECORDED

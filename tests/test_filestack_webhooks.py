@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ HOOK_SECRET = "fs-hook-secret"
 
 
 @contextmanager
-def notified_world(tmp_path: Path, docs: list[dict[str, Any]]) -> Iterator[World]:
+def notified_world(tmp_path: Path, docs: list[dict[str, Any]], **overrides: Any) -> Iterator[World]:
     lake = FakeContentLake(documents={d["_id"]: d for d in docs})
     with running_world(
         tmp_path / "jobs.db",
@@ -34,6 +35,7 @@ def notified_world(tmp_path: Path, docs: list[dict[str, Any]]) -> Iterator[World
         filestack_webhook_secret=HOOK_SECRET,
         # an hour's backoff after a lost answer: only the notification can finish in time
         cms_sync_ambiguous_store_backoff=3600,
+        **overrides,
     ) as world:
         world.fs.notifier = Notifier(f"{world.running.url}/webhooks/filestack", HOOK_SECRET)
         yield world
@@ -102,20 +104,7 @@ def test_a_forged_or_stale_notification_is_refused_and_leaves_no_trace(
         assert w.deliver(post).status_code == 202
         wait_for(lambda: len(w.fs.stores) == 1)
         w.wait_idle()
-        (stored,) = w.fs.files.values()
-        message = {
-            "id": 77,
-            "action": "fp.upload",
-            "timestamp": int(time.time()),
-            "text": {
-                "url": f"https://cdn.filestackcontent.com/{stored.handle}",
-                "key": stored.key,
-                "size": len(stored.data),
-                "type": stored.mime,
-                "upload_tags": stored.upload_tags,
-            },
-        }
-        body = json.dumps(message).encode()
+        body = stored_notice(w, 77)
 
         refused = w.http.post("/webhooks/filestack", content=body, headers=headers(body))
 
@@ -167,3 +156,72 @@ def test_without_a_secret_the_endpoint_is_not_there(tmp_path: Path) -> None:
     with running_world(tmp_path / "jobs.db") as w:
         answer = w.http.post("/webhooks/filestack", content=b"{}")
         assert answer.status_code == 404 and "FILESTACK_WEBHOOK_SECRET" in answer.text
+
+
+def stored_notice(w: World, event_id: int) -> bytes:
+    """The notification Filestack would send for the emulator's one stored file."""
+    (stored,) = w.fs.files.values()
+    return json.dumps(
+        {
+            "id": event_id,
+            "action": "fp.upload",
+            "timestamp": int(time.time()),
+            "text": {
+                "url": f"https://cdn.filestackcontent.com/{stored.handle}",
+                "key": stored.key,
+                "size": len(stored.data),
+                "type": stored.mime,
+                "upload_tags": stored.upload_tags,
+            },
+        }
+    ).encode()
+
+
+def test_an_oversized_notification_is_413_and_read_no_further(tmp_path: Path) -> None:
+    with running_world(
+        tmp_path / "jobs.db", filestack_webhook_secret=HOOK_SECRET, cms_sync_webhook_max_body=1024
+    ) as w:
+        big = json.dumps({"id": 1, "action": "fp.upload", "pad": "x" * 2000}).encode()
+        headers = signed(big, int(time.time()))
+        assert w.http.post("/webhooks/filestack", content=big, headers=headers).status_code == 413
+
+        def chunks() -> Iterator[bytes]:  # no content-length: counted while reading
+            yield big[:1000]
+            yield big[1000:]
+
+        chunked = w.http.post("/webhooks/filestack", content=chunks(), headers=headers)
+        assert chunked.status_code == 413
+        metrics = w.http.get("/metrics").text
+        assert 'cms_sync_filestack_notices_total{outcome="too_large"} 2.0' in metrics
+
+
+def test_a_store_that_cannot_be_written_is_503_and_filestacks_retry_lands(
+    tmp_path: Path,
+) -> None:
+    docs = catalogue(products=0, posts=1, shared=0)
+    post = next(d for d in docs if d["_type"] == "post")
+    database = tmp_path / "jobs.db"
+    with notified_world(tmp_path, docs, cms_sync_ingest_timeout=0.5) as w:
+        w.fs.notifier = None  # this test speaks for Filestack
+        w.fs.lose_answer = lose_first(1)
+        assert w.deliver(post).status_code == 202
+        wait_for(lambda: len(w.fs.stores) == 1)
+        w.wait_idle()
+        body = stored_notice(w, 78)
+        holder = sqlite3.connect(database, isolation_level=None)  # another process, say
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            refused = w.http.post(
+                "/webhooks/filestack", content=body, headers=signed(body, int(time.time()))
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert refused.status_code == 503 and "retry" in refused.json()["error"]
+        # Filestack retries the same notification; nothing of the refused one was kept
+        retried = w.http.post(
+            "/webhooks/filestack", content=body, headers=signed(body, int(time.time()))
+        )
+        assert retried.json()["status"] == "recorded"
+        wait_for(lambda: converged(w.lake.documents, [post["_id"]]))
+        assert len(w.fs.stores) == 1

@@ -66,11 +66,13 @@ async def _handle(request: Request, service: Service) -> JSONResponse:
     except notices.MalformedNotice as exc:
         return _ended(service, NoticeOutcome.MALFORMED, 400, str(exc))
     if isinstance(notice, notices.NotOurs):
-        structlog.contextvars.bind_contextvars(delivery_id=f"filestack:{notice.event_id}")
+        structlog.contextvars.bind_contextvars(
+            delivery_id=notices.delivery_id(notice.event_id or "-")
+        )
         service.events.emit(NoticeEnded(NoticeOutcome.IGNORED, notice.reason))
         return JSONResponse({"status": "ignored", "reason": notice.reason})
     structlog.contextvars.bind_contextvars(
-        delivery_id=f"filestack:{notice.event_id}", document_id=notice.document_id
+        delivery_id=notice.delivery_id, document_id=notice.document_id
     )
     try:
         confirmed = await service.store.confirm_store(notice, now=service.clock())

@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cms_sync.errors import ConfigError, StoreUnavailable
-from cms_sync.filestack_notices import StoreNotice
+from cms_sync.filestack_notices import DELIVERY_PREFIX, StoreNotice
 from cms_sync.jobs import (
     Accepted,
     BackfillRun,
@@ -606,7 +606,7 @@ class PostgresJobStore:
         return await self.transaction(write)
 
     async def confirm_store(self, notice: StoreNotice, *, now: float) -> Confirmation:
-        key = f"filestack:{notice.event_id}"
+        key = notice.delivery_id
 
         async def write(conn: Conn) -> Confirmation:
             if await _one(conn, _ACCEPT_KEY_ONLY, {"key": key, "now": now}) is None:
@@ -652,7 +652,8 @@ class PostgresJobStore:
             await conn.execute(f"NOTIFY {CHANNEL}")
             return Confirmation(Confirmed.RECORDED, queued=tuple(waiting))
 
-        return await self.transaction(write)
+        # a notification is ingest: bounded like a delivery, so Filestack gets a 503 in time
+        return await self._within(self._ingest_timeout, self.transaction(write))
 
     async def orphans(self) -> tuple[list[Orphan], list[UnseenCopies]]:
         async def read(conn: Conn) -> tuple[list[Orphan], list[UnseenCopies]]:
@@ -809,10 +810,13 @@ class PostgresJobStore:
                 )
             ).rowcount
             if deleted and keep_backoff is not None:
+                # ...unless a notification made it due: the store it waited for is
+                # recorded now, so the backoff protects nothing.
                 await conn.execute(
-                    "UPDATE jobs SET run_after = greatest(run_after, %s), "
+                    "UPDATE jobs SET run_after = CASE WHEN delivery_id LIKE %s THEN run_after "
+                    "  ELSE greatest(run_after, %s) END, "
                     "attempts = greatest(attempts, %s) WHERE id = %s",
-                    (keep_backoff, job.attempts, newer["id"]),
+                    (f"{DELIVERY_PREFIX}%", keep_backoff, job.attempts, newer["id"]),
                 )
             if deleted:
                 await conn.execute(f"NOTIFY {CHANNEL}")

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import structlog
 
 from cms_sync.errors import ConfigError, StoreUnavailable
-from cms_sync.filestack_notices import StoreNotice
+from cms_sync.filestack_notices import DELIVERY_PREFIX, StoreNotice
 from cms_sync.jobs import (
     Accepted,
     BackfillRun,
@@ -523,7 +523,7 @@ class SQLiteJobStore:
 
     async def confirm_store(self, notice: StoreNotice, *, now: float) -> Confirmation:
         def write(conn: sqlite3.Connection) -> Confirmation:
-            key = f"filestack:{notice.event_id}"
+            key = notice.delivery_id
             if not conn.execute(
                 "INSERT INTO inbox (idempotency_key, received_at) VALUES (?, ?) "
                 "ON CONFLICT DO NOTHING",
@@ -574,7 +574,8 @@ class SQLiteJobStore:
             )
             return Confirmation(Confirmed.RECORDED, queued=tuple(waiting))
 
-        return await self.transaction(write)
+        # a notification is ingest: bounded like a delivery, so Filestack gets a 503 in time
+        return await self._ingest_write(write, self._ingest_timeout)
 
     async def orphans(self) -> tuple[list[Orphan], list[UnseenCopies]]:
         def read(conn: sqlite3.Connection) -> tuple[list[Orphan], list[UnseenCopies]]:
@@ -717,10 +718,12 @@ class SQLiteJobStore:
                 (job.id, job.lease_owner),
             ).rowcount
             if deleted and keep_backoff is not None:
+                # ...unless a notification made it due: the store it waited for is
+                # recorded now, so the backoff protects nothing.
                 conn.execute(
-                    "UPDATE jobs SET run_after = max(run_after, ?), attempts = max(attempts, ?) "
-                    "WHERE id = ?",
-                    (keep_backoff, job.attempts, newer["id"]),
+                    "UPDATE jobs SET run_after = CASE WHEN delivery_id LIKE ? THEN run_after "
+                    "  ELSE max(run_after, ?) END, attempts = max(attempts, ?) WHERE id = ?",
+                    (f"{DELIVERY_PREFIX}%", keep_backoff, job.attempts, newer["id"]),
                 )
             return bool(deleted)
 
