@@ -653,6 +653,7 @@ def run_emulate(
     """``cms-sync emulate``: both emulators until ``stop`` is set."""
     # Imported here: the other commands start faster without them.
     from cms_sync.emulators import SANITY_LIMITS, Faults, Webhook
+    from cms_sync.emulators.filestack import Notifier
     from cms_sync.emulators.running import running as run_emulators
 
     text = _read_text(args.data, "--data")
@@ -683,6 +684,11 @@ def run_emulate(
                     projection="{_id, _type, _rev}",
                 )
             )
+        if args.filestack_webhook:
+            emu.filestack.notifier = Notifier(
+                args.filestack_webhook,
+                env.get("FILESTACK_WEBHOOK_SECRET") or secrets.token_urlsafe(24),
+            )
         print(f"Content Lake emulator on {emu.sanity_url} ({len(documents)} documents)", file=out)
         print(f"Filestack emulator on {emu.filestack_url}", file=out)
         print("A worker uses them with these settings:", file=out)
@@ -691,13 +697,19 @@ def run_emulate(
                 print(f"  # {name}: the one in your environment", file=out)
             else:
                 print(f"  {name}={value}", file=out)
+        print("Running until stopped (Ctrl-C).", file=out)
         out.flush()
         stop.wait()
     return EXIT_OK
 
 
 #: Printed only when the emulator made them up; a configured credential is never printed.
-_CREDENTIALS = ("SANITY_WRITE_TOKEN", "FILESTACK_API_KEY", "FILESTACK_APP_SECRET")
+_CREDENTIALS = (
+    "SANITY_WRITE_TOKEN",
+    "FILESTACK_API_KEY",
+    "FILESTACK_APP_SECRET",
+    "FILESTACK_WEBHOOK_SECRET",
+)
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:
@@ -895,6 +907,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook",
         metavar="URL",
         help="deliver a signed webhook here (secret: SANITY_WEBHOOK_SECRET)",
+    )
+    emulate.add_argument(
+        "--filestack-webhook",
+        metavar="URL",
+        help=(
+            "notify every store here, signed as Filestack does (secret: "
+            "FILESTACK_WEBHOOK_SECRET, or one made up and printed)"
+        ),
     )
     emulate.add_argument(
         "--webhook-filter",

@@ -8,17 +8,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from process import cms_sync
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from cms_sync import filestack_notices
 from cms_sync.demo import FIELDS, catalogue, run_demo, slots
 from cms_sync.emulators.running import Emulators
 from cms_sync.mapping import default_mapping
 from fakes import FIXTURES
+from servers import run_app
 
 #: What a fresh machine has: no Sanity or Filestack settings at all.
 CLEAN = {
@@ -40,6 +48,11 @@ def test_the_demo_converges_and_every_document_carries_the_four_fields() -> None
     for s in media:
         assert s.value["filestackUrl"] in out.getvalue()
     assert "converged" in out.getvalue().splitlines()[-1]
+    # Filestack's notifications reached the service, signed: one per store
+    stores = len(emu.filestack.stores)
+    assert f"Filestack notified the service of {stores - 1} of {stores - 1} stores" in (
+        out.getvalue()
+    )
 
 
 def test_cms_sync_demo_runs_on_a_machine_with_no_settings(tmp_path: Path) -> None:
@@ -52,6 +65,12 @@ def test_cms_sync_demo_runs_on_a_machine_with_no_settings(tmp_path: Path) -> Non
 
 @pytest.fixture
 def emulate(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    with emulating(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def emulating(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     """``cms-sync emulate`` over the recorded dataset, with the worker's own credentials."""
     credentials = {
         "SANITY_PROJECT_ID": "cmsdemo",
@@ -62,7 +81,7 @@ def emulate(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, s
     dataset = FIXTURES / "sanity" / "dataset.ndjson"
     ports = ("--sanity-port", "0", "--filestack-port", "0")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "cms_sync", "emulate", *ports, "--data", str(dataset)],
+        [sys.executable, "-m", "cms_sync", "emulate", *ports, "--data", str(dataset), *args],
         env={**CLEAN, **credentials},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -77,7 +96,7 @@ def emulate(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, s
         name, sep, value = line.strip().partition("=")
         if sep:
             printed[name] = value
-        if name == "CMS_SYNC_ALLOWED_ASSET_HOSTS":
+        if line.startswith("Running until stopped"):
             break
     try:
         # The emulator names the credentials it was given, never their values.
@@ -111,6 +130,40 @@ def test_the_unmodified_worker_syncs_against_cms_sync_emulate(
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_emulate_notifies_stores_signed_as_filestack_does(tmp_path: Path) -> None:
+    received: list[tuple[bytes, dict[str, str]]] = []
+    arrived = threading.Event()
+
+    async def hook(request: Request) -> Response:
+        if request.method == "POST":
+            received.append((await request.body(), dict(request.headers)))
+            arrived.set()
+        return Response(status_code=200)
+
+    receiver = Starlette(routes=[Route("/{path:path}", hook, methods=["GET", "POST"])])
+    with (
+        run_app(receiver) as hooks,
+        emulating(tmp_path, "--filestack-webhook", f"{hooks.url}/webhooks/filestack") as (_, env),
+    ):
+        done = cms_sync("sync", "post-1", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert arrived.wait(10)
+    body, headers = received[0]
+    # made up (none was configured), printed, and it verifies what was sent
+    secret = env["FILESTACK_WEBHOOK_SECRET"]
+    filestack_notices.verify(
+        headers["fs-signature"],
+        headers["fs-timestamp"],
+        body,
+        secret,
+        max_age=60,
+        now=float(headers["fs-timestamp"]),
+    )
+    notice = filestack_notices.parse(body, dataset="cmsdemo/production")
+    assert isinstance(notice, filestack_notices.StoreNotice)
+    assert notice.document_id == "post-1"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """``cms-sync demo``: the whole loop on one machine, with no credentials and no network.
 
 It starts the Content Lake and Filestack emulators and the webhook service on free ports
-of 127.0.0.1, with a signed GROQ-powered webhook from the one to the other. It loads a
+of 127.0.0.1, with a signed GROQ-powered webhook from the Content Lake to the service and
+Filestack's signed store notifications from the Filestack emulator to the service. It loads a
 small catalogue (``data/catalogue.json``: products with galleries and a PDF spec sheet,
 and posts, over real image and PDF files), publishes it, and waits until every document
 carries its Filestack fields. Then it replaces one product's image and waits for the new
@@ -28,6 +29,7 @@ import uvicorn
 
 from cms_sync.app import create_app
 from cms_sync.emulators import ContentLake, Webhook, bind
+from cms_sync.emulators.filestack import Notifier
 from cms_sync.emulators.running import Emulators, running
 from cms_sync.mapping import MediaMapping, default_mapping
 from cms_sync.media import HANDLE, MIME_TYPE, SIZE, SOURCE_ASSET, URL
@@ -125,15 +127,18 @@ async def run_demo(
     """Run the demo; ``inspect`` sees the emulators once it has converged (for tests)."""
     mapping = default_mapping()
     secret = secrets.token_urlsafe(24)
+    notices_secret = secrets.token_urlsafe(24)
     with (
         tempfile.TemporaryDirectory(prefix="cms-sync-demo-") as scratch,
         running(token=secrets.token_urlsafe(18), api_key="demo-" + secrets.token_hex(6)) as emu,
     ):
         service_sock = bind()
         service_url = f"http://127.0.0.1:{service_sock.getsockname()[1]}"
+        # the webhook deploy/filestack/webhook.md registers
+        emu.filestack.notifier = Notifier(f"{service_url}/webhooks/filestack", notices_secret)
         settings = load_settings(
             Settings,
-            **{k.lower(): v for k, v in emu.worker_env().items()},
+            **{k.lower(): v for k, v in emu.worker_env().items()},  # with the notifier's secret
             sanity_webhook_secret=secret,
             cms_sync_database=str(database or Path(scratch) / "cms-sync.db"),
             cms_sync_log_level="warning",
@@ -221,6 +226,14 @@ async def _walk_through(
         f"{len(emu.filestack.stores)} stores in Filestack",
         file=out,
     )
+    notifier = emu.filestack.notifier
+    if notifier is not None and await asyncio.to_thread(notifier.wait_idle, within):
+        delivered = sum(n.outcome == "delivered" for n in notifier.sent)
+        print(
+            f"Filestack notified the service of {delivered} of {len(notifier.sent)} stores "
+            "(POST /webhooks/filestack)",
+            file=out,
+        )
 
     edit = data["edit"]
     doc_id, field = edit["document"], edit["field"]

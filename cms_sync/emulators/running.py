@@ -48,6 +48,8 @@ class Emulators:
         }
         if self.filestack.app_secret:
             env["FILESTACK_APP_SECRET"] = self.filestack.app_secret
+        if self.filestack.notifier is not None:
+            env["FILESTACK_WEBHOOK_SECRET"] = self.filestack.notifier.secret
         return env
 
 
