@@ -87,10 +87,16 @@ def skipped(name: str, message: str) -> Check:
 def describe_settings(settings: Settings) -> Check:
     """The settings loaded: say what they point at (never a secret)."""
     signed = "signed policies" if settings.filestack_app_secret is not None else "no app secret"
+    notices = (
+        "Filestack notifications verified on /webhooks/filestack"
+        if settings.filestack_webhook_secret is not None
+        else "Filestack notifications off (FILESTACK_WEBHOOK_SECRET unset)"
+    )
     return ok(
         "settings",
         f"project {settings.sanity_project_id!r}, dataset {settings.sanity_dataset!r}; "
-        f"Filestack with {signed}; database {shown_database(settings.cms_sync_database)}",
+        f"Filestack with {signed}; {notices}; "
+        f"database {shown_database(settings.cms_sync_database)}",
     )
 
 

@@ -176,6 +176,15 @@ async def test_a_missing_webhook_secret_fails_the_settings(rig: Rig) -> None:
     assert lines[0].startswith("FAIL  settings: SANITY_WEBHOOK_SECRET is required")
 
 
+async def test_the_settings_line_says_whether_filestack_notifications_are_on(rig: Rig) -> None:
+    _, lines = await rig.check()
+    assert "Filestack notifications off (FILESTACK_WEBHOOK_SECRET unset)" in line(lines, "settings")
+    rig.set(FILESTACK_WEBHOOK_SECRET="fs-hook-secret-value")
+    _, lines = await rig.check()
+    assert "Filestack notifications verified on /webhooks/filestack" in line(lines, "settings")
+    assert "fs-hook-secret-value" not in "\n".join(lines)
+
+
 async def test_a_bad_mapping_file_fails_the_mapping(rig: Rig, tmp_path: Path) -> None:
     mapping = tmp_path / "media.toml"
     mapping.write_text("[types.product]\nfields = ['main image']\n")
