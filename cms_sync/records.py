@@ -26,7 +26,7 @@ the job store adds a durable one behind the same Protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from typing import Protocol
 
 from cms_sync.filestack_notices import StoreNotice
@@ -105,6 +105,27 @@ def notified_reason(logged: bool, error: str | None) -> str:
     if error is not None:
         return f"an ambiguous answer: {error}"
     return "no answer recorded: the worker stopped or crashed mid-store"
+
+
+#: The columns of the ``orphans`` table, in :class:`Orphan`'s order (every backend).
+ORPHAN_COLUMNS = tuple(f.name for f in fields(Orphan))
+
+
+def orphan(record: StoredAsset | StoreNotice, reason: str, *, now: float) -> tuple[object, ...]:
+    """The ``orphans`` row, in :data:`ORPHAN_COLUMNS` order, for a second handle of an asset:
+    a store answered after a notice was recorded, or a notice of a store we did not keep."""
+    notice = record if isinstance(record, StoreNotice) else None
+    return astuple(
+        Orphan(
+            handle=record.handle,
+            asset_id=record.asset_id,
+            storage_key=notice.storage_key if notice else None,
+            url=record.url,
+            store_number=notice.store_number if notice else None,
+            reason=reason,
+            noticed_at=now,
+        )
+    )
 
 
 def notice_record(notice: StoreNotice) -> StoredAsset:

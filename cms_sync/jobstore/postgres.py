@@ -57,12 +57,14 @@ from cms_sync.jobs import (
 )
 from cms_sync.records import (
     ANSWERED_LATE,
+    ORPHAN_COLUMNS,
     Orphan,
     StoredAsset,
     StoreGate,
     UnseenCopies,
     notice_record,
     notified_reason,
+    orphan,
 )
 
 log = structlog.get_logger(__name__)
@@ -262,9 +264,7 @@ class PostgresAssetRecords:
         async def write(conn: Conn) -> StoredAsset:
             kept = await _keep_record(conn, record)
             if kept.handle != record.handle:
-                await _insert_orphan(
-                    conn, record.asset_id, record.handle, record.url, ANSWERED_LATE
-                )
+                await _insert_orphan(conn, orphan(record, ANSWERED_LATE, now=time.time()))
             return kept
 
         return await self._store.transaction(write)
@@ -418,26 +418,11 @@ async def _keep_record(conn: Conn, record: StoredAsset) -> StoredAsset:
     return kept
 
 
-async def _insert_orphan(
-    conn: Conn,
-    asset_id: str,
-    handle: str,
-    url: str,
-    reason: str,
-    notice: StoreNotice | None = None,
-) -> None:
+async def _insert_orphan(conn: Conn, row: tuple[object, ...]) -> None:
     await conn.execute(
-        "INSERT INTO orphans (handle, asset_id, storage_key, url, store_number, reason, "
-        "noticed_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (
-            handle,
-            asset_id,
-            notice.storage_key if notice else None,
-            url,
-            notice.store_number if notice else None,
-            reason,
-            time.time(),
-        ),
+        f"INSERT INTO orphans ({', '.join(ORPHAN_COLUMNS)}) "  # noqa: S608 - constant names
+        f"VALUES ({', '.join(['%s'] * len(row))}) ON CONFLICT DO NOTHING",
+        row,
     )
 
 
@@ -627,9 +612,7 @@ class PostgresJobStore:
                     (notice.asset_id, notice.store_number),
                 )
                 reason = notified_reason(logged is not None, logged["error"] if logged else None)
-                await _insert_orphan(
-                    conn, notice.asset_id, notice.handle, notice.url, reason, notice
-                )
+                await _insert_orphan(conn, orphan(notice, reason, now=now))
                 return Confirmation(Confirmed.ORPHAN, reason=reason)
             if ledger is None:
                 return Confirmation(Confirmed.UNKNOWN)

@@ -41,12 +41,14 @@ from cms_sync.jobs import (
 from cms_sync.jobstore.groupcommit import GroupCommit
 from cms_sync.records import (
     ANSWERED_LATE,
+    ORPHAN_COLUMNS,
     Orphan,
     StoredAsset,
     StoreGate,
     UnseenCopies,
     notice_record,
     notified_reason,
+    orphan,
 )
 
 log = structlog.get_logger(__name__)
@@ -273,7 +275,7 @@ class SQLiteAssetRecords:
             if kept is None:
                 _insert_record(conn, record)
             elif kept.handle != record.handle:
-                _insert_orphan(conn, record.asset_id, record.handle, record.url, ANSWERED_LATE)
+                _insert_orphan(conn, orphan(record, ANSWERED_LATE, now=time.time()))
             # Settled; the row stays (with its total) as the trace of possible copies.
             conn.execute(
                 "UPDATE store_attempts SET attempts = 0, not_before = 0 WHERE asset_id = ?",
@@ -539,7 +541,7 @@ class SQLiteJobStore:
                     (notice.asset_id, notice.store_number),
                 ).fetchone()
                 reason = notified_reason(logged is not None, logged["error"] if logged else None)
-                _insert_orphan(conn, notice.asset_id, notice.handle, notice.url, reason, notice)
+                _insert_orphan(conn, orphan(notice, reason, now=now))
                 return Confirmation(Confirmed.ORPHAN, reason=reason)
             ledger = conn.execute(
                 "SELECT storage_key FROM store_attempts WHERE asset_id = ?", (notice.asset_id,)
@@ -977,25 +979,11 @@ def _insert_record(conn: sqlite3.Connection, record: StoredAsset) -> None:
     )
 
 
-def _insert_orphan(
-    conn: sqlite3.Connection,
-    asset_id: str,
-    handle: str,
-    url: str,
-    reason: str,
-    notice: StoreNotice | None = None,
-) -> None:
+def _insert_orphan(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
     conn.execute(
-        "INSERT INTO orphans (handle, asset_id, storage_key, url, store_number, reason, "
-        "noticed_at) VALUES (?, ?, ?, ?, ?, ?, strftime('%s', 'now')) ON CONFLICT DO NOTHING",
-        (
-            handle,
-            asset_id,
-            notice.storage_key if notice else None,
-            url,
-            notice.store_number if notice else None,
-            reason,
-        ),
+        f"INSERT INTO orphans ({', '.join(ORPHAN_COLUMNS)}) "  # noqa: S608 - constant names
+        f"VALUES ({', '.join('?' * len(row))}) ON CONFLICT DO NOTHING",
+        row,
     )
 
 
