@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import structlog
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from cms_sync.backoff import Backoff
 from cms_sync.errors import ConfigError
@@ -26,6 +26,7 @@ from cms_sync.handlers.metrics import metrics
 from cms_sync.handlers.webhooks import sanity_webhook
 from cms_sync.mapping import MediaMapping
 from cms_sync.metrics import Metrics
+from cms_sync.operator import OperatorOptions, operator_app
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
@@ -158,4 +159,10 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    operator = OperatorOptions.from_settings(settings)
+    if operator is not None:  # otherwise /operator is a 404 like any unknown path
+        app.router.routes.append(
+            Mount("/operator", operator_app(lambda: app.state.service, operator))
+        )
+    return app

@@ -1,7 +1,7 @@
 """What operators do: status, failures, orphans and replay, as data.
 
 Each use case takes the storage and returns plain values; rendering is the caller's: the
-CLI prints lines or JSON, and the operator page will draw the same values. Nothing here
+CLI prints lines or JSON, and the operator page (``/operator``) draws the same values. Nothing here
 prints, reads settings or knows which backend is underneath, so ``status``, ``failures``
 and ``replay`` answer alike on SQLite and PostgreSQL.
 """
@@ -42,6 +42,15 @@ class Status:
     stored_assets: int
     unanswered_stores: int
     running: tuple[RunningJob, ...] = ()
+    #: Jobs by state and source (pairs without jobs left out).
+    by_source: dict[tuple[JobState, JobSource], int] = field(default_factory=dict)
+
+    def sources(self) -> dict[JobSource, dict[JobState, int]]:
+        """Job counts per source, each with every state (zero where none)."""
+        table: dict[JobSource, dict[JobState, int]] = {}
+        for (state, source), n in self.by_source.items():
+            table.setdefault(source, dict.fromkeys(JobState, 0))[state] = n
+        return dict(sorted(table.items(), key=lambda item: item[0].value))
 
     def by_owner(self) -> dict[str, list[RunningJob]]:
         """Running jobs grouped by the worker (replica) that holds their lease."""
@@ -59,6 +68,7 @@ async def status(storage: Storage, *, now: float) -> Status:
         stored_assets=stats.stored_assets,
         unanswered_stores=stats.unanswered_stores,
         running=stats.running,
+        by_source=dict(stats.by_source),
     )
 
 

@@ -40,6 +40,7 @@ _SECRET_FIELDS = (
     "filestack_app_secret",
     "sanity_webhook_secret",
     "filestack_webhook_secret",
+    "cms_sync_operator_token",
 )
 
 
@@ -65,6 +66,8 @@ class _Section(BaseSettings):
         "filestack_app_secret",
         "sanity_webhook_secret",
         "filestack_webhook_secret",
+        "cms_sync_operator_token",
+        "sanity_studio_url",
         "cms_sync_webhook_tolerance",
         "cms_sync_config",
         "cms_sync_max_connections",
@@ -104,6 +107,7 @@ class KnownSecrets(_Section):
     filestack_app_secret: SecretStr | None = None
     sanity_webhook_secret: SecretStr | None = None
     filestack_webhook_secret: SecretStr | None = None
+    cms_sync_operator_token: SecretStr | None = None
 
 
 class SanitySettings(_Section):
@@ -245,6 +249,28 @@ class Settings(SyncSettings, StoreSettings, JobSettings, LogSettings):
     cms_sync_read_timeout: float = Field(default=5.0, gt=0, le=300)
     #: HTTP/1.1 parser: httptools (C, the default) or h11 (pure Python, uvicorn's fallback).
     cms_sync_http_parser: Literal["httptools", "h11"] = "httptools"
+    # -- the operator page (/operator) -------------------------------------------------
+    #: The token an operator logs in with; unset, ``/operator`` answers 404.
+    cms_sync_operator_token: SecretStr | None = None
+    #: Hours an operator's session lasts.
+    cms_sync_operator_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    #: Mark the session cookie ``Secure`` (only sent over HTTPS). Off only for plain-HTTP
+    #: local use: behind a TLS-terminating proxy, leave it on.
+    cms_sync_operator_secure_cookie: bool = True
+    #: The Studio's URL, for links to documents (``{url}/intent/edit/id={id}``); optional.
+    sanity_studio_url: str | None = None
+
+    @field_validator("cms_sync_operator_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 24:
+            raise ValueError("must be at least 24 characters (try: openssl rand -base64 32)")
+        return value
+
+    @field_validator("sanity_studio_url", mode="before")
+    @classmethod
+    def _studio_url(cls, value: Any) -> Any:
+        return None if value is None else _http_url(str(value))
 
 
 class SyncCommandSettings(SyncSettings, StoreSettings, LogSettings):

@@ -1,0 +1,181 @@
+"""``/operator`` over real sockets: login, the session cookie, CSRF, the security headers,
+a failure made by a Filestack fault, and replay; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from service_world import World, running_world
+
+from cms_sync.jobs import JobState
+from cms_sync.operator.auth import COOKIE
+
+TOKEN = "operator-token-0123456789abcdef"
+STUDIO = "https://acme.sanity.studio"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    database: Any = tmp_path / "jobs.db"
+    if request.param == "postgres":
+        database = request.getfixturevalue("postgres_url")
+    with running_world(
+        database,
+        cms_sync_operator_token=TOKEN,
+        cms_sync_operator_secure_cookie=False,  # plain HTTP on 127.0.0.1
+        sanity_studio_url=STUDIO,
+    ) as world:
+        yield world
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def log_in(http: httpx.Client, token: str = TOKEN) -> httpx.Response:
+    form = http.get("/operator/login")
+    return http.post("/operator/login", data={"csrf": csrf_of(form.text), "token": token})
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def failed_count(w: World) -> int:
+    stats = w.running.call(lambda: w.running.service.store.stats(now=time.time()))
+    return int(stats.counts[JobState.FAILED])
+
+
+def test_without_a_token_there_is_no_page(tmp_path: Path) -> None:
+    with running_world(tmp_path / "jobs.db") as w:
+        assert w.http.get("/operator/").status_code == 404
+        assert w.http.get("/operator/login").status_code == 404
+
+
+def test_every_page_asks_for_a_login_first_and_carries_a_strict_policy(world: World) -> None:
+    http = world.http
+    first = http.get("/operator/")
+    assert first.status_code == 303 and first.headers["location"] == "/operator/login"
+    assert http.get("/operator/failures").headers["location"] == "/operator/login"
+    refused = http.post("/operator/replay", data={"document_id": "post-1"})
+    assert refused.status_code == 401
+
+    login = http.get("/operator/login")
+    policy = login.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert "'unsafe-inline'" not in policy and "frame-ancestors 'none'" in policy
+    assert login.headers["x-frame-options"] == "DENY"
+    assert login.headers["cache-control"] == "no-store"
+    assert "<script>" not in login.text and " style=" not in login.text  # nothing inline
+    script = http.get("/operator/static/operator.js")
+    assert script.status_code == 200 and "replay" in script.text
+
+
+def test_a_login_gives_a_strict_cookie_that_holds_no_secret(tmp_path: Path) -> None:
+    with running_world(tmp_path / "jobs.db", cms_sync_operator_token=TOKEN) as w:
+        # The cookie is Secure, so httpx keeps it from plain HTTP: carry it by hand.
+        form = w.http.get("/operator/login")
+        pre = form.headers["set-cookie"].split(";")[0]
+        answer = w.http.post(
+            "/operator/login",
+            data={"csrf": csrf_of(form.text), "token": TOKEN},
+            headers={"cookie": pre},
+        )
+    assert answer.status_code == 303 and answer.headers["location"] == "/operator/"
+    (cookie,) = [c for c in answer.headers.get_list("set-cookie") if c.startswith(COOKIE)]
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "secure", "samesite"} <= flags
+    assert "samesite=strict" in cookie.lower() and "path=/operator" in cookie.lower()
+    assert TOKEN not in cookie
+
+
+def test_a_wrong_token_is_refused_and_failed_logins_are_limited(world: World) -> None:
+    for _ in range(5):
+        wrong = log_in(world.http, "not-the-operator-token-at-all")
+        assert wrong.status_code == 401 and "That is not the token" in wrong.text
+        assert TOKEN not in wrong.text
+    limited = log_in(world.http)  # even the right token, past the limit
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert world.http.get("/operator/").status_code == 303  # still not logged in
+
+
+def test_a_login_post_without_its_csrf_token_is_refused(world: World) -> None:
+    world.http.get("/operator/login")
+    answer = world.http.post("/operator/login", data={"token": TOKEN})
+    assert answer.status_code == 403
+    assert world.http.get("/operator/").status_code == 303
+
+
+def test_a_failure_appears_with_its_reason_and_replay_fixes_it(world: World) -> None:
+    lake, fs = world.lake, world.fs
+    post = lake.documents["post-1"]
+    fs.refuse.add(lake.documents[post["mainImage"]["asset"]["_ref"]]["url"])
+    assert world.deliver(post).status_code == 202
+    wait_for(lambda: failed_count(world) == 1)
+    assert log_in(world.http).status_code == 303
+
+    page = world.http.get("/operator/failures")
+    assert page.status_code == 200
+    assert "post-1" in page.text and "Invalid URL" in page.text
+    assert f"{STUDIO}/intent/edit/id=post-1" in page.text
+    assert "fs-secret" not in page.text and "whsec" not in page.text
+    overview = world.http.get("/operator/")
+    assert re.search(r'<span class="n">1</span> failed', overview.text)
+
+    # a POST without the session's CSRF token changes nothing
+    forged = world.http.post("/operator/replay", data={"document_id": "post-1"})
+    assert forged.status_code == 403 and failed_count(world) == 1
+    wrong = world.http.post("/operator/replay", data={"document_id": "post-1", "csrf": "x" * 43})
+    assert wrong.status_code == 403 and failed_count(world) == 1
+
+    fs.refuse.clear()  # the cause is fixed
+    replayed = world.http.post(
+        "/operator/replay", data={"document_id": "post-1", "csrf": csrf_of(page.text)}
+    )
+    assert replayed.status_code == 303 and replayed.headers["location"] == "/operator/failures"
+    wait_for(lambda: lake.documents["post-1"]["mainImage"].get("filestackHandle") is not None)
+    after = world.http.get("/operator/failures")
+    assert "Queued 1: post-1." in after.text and "No failed documents." in after.text
+
+
+def test_replay_answers_json_to_the_page_script_and_refuses_drafts(world: World) -> None:
+    page = log_in(world.http)
+    csrf = csrf_of(world.http.get(page.headers["location"]).text)
+    answer = world.http.post(
+        "/operator/replay",
+        data={"document_id": ["post-1", "drafts.post-2"]},
+        headers={"accept": "application/json", "x-csrf-token": csrf},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["queued"] == ["post-1"]
+    assert "drafts" in answer.json()["refused"]["drafts.post-2"]
+
+
+def test_logout_ends_the_session(world: World) -> None:
+    log_in(world.http)
+    page = world.http.get("/operator/")
+    assert page.status_code == 200
+    out = world.http.post("/operator/logout", data={"csrf": csrf_of(page.text)})
+    assert out.status_code == 303
+    assert world.http.get("/operator/").status_code == 303
+
+
+def test_a_huge_form_is_refused_before_it_is_read(world: World) -> None:
+    log_in(world.http)
+    answer = world.http.post(
+        "/operator/replay",
+        content=b"document_id=" + b"x" * 200_000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 413
