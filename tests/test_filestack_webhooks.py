@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_world import World, running_world
+from service_world import World, running_world, wait_for
 
 from cms_sync.emulators.filestack import Notifier
 from cms_sync.jobs import JobState
@@ -44,13 +44,6 @@ def notified_world(tmp_path: Path, docs: list[dict[str, Any]], **overrides: Any)
 def lose_first(n: int) -> Callable[[httpx.Response], httpx.Response]:
     count = itertools.count()
     return lambda answer: httpx.Response(502, text="Bad Gateway") if next(count) < n else answer
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_ten_lost_answers_converge_with_zero_extra_stores(tmp_path: Path) -> None:

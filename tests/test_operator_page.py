@@ -4,14 +4,13 @@ a failure made by a Filestack fault, and replay; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from service_world import World, running_world
+from service_world import World, running_world, wait_for
 
 from cms_sync.jobs import JobState
 from cms_sync.operator.auth import COOKIE
@@ -43,18 +42,6 @@ def csrf_of(page: str) -> str:
 def log_in(http: httpx.Client, token: str = TOKEN) -> httpx.Response:
     form = http.get("/operator/login")
     return http.post("/operator/login", data={"csrf": csrf_of(form.text), "token": token})
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def failed_count(w: World) -> int:
-    stats = w.running.call(lambda: w.running.service.store.stats(now=time.time()))
-    return int(stats.counts[JobState.FAILED])
 
 
 def test_without_a_token_there_is_no_page(tmp_path: Path) -> None:
@@ -122,7 +109,7 @@ def test_a_failure_appears_with_its_reason_and_replay_fixes_it(world: World) -> 
     post = lake.documents["post-1"]
     fs.refuse.add(lake.documents[post["mainImage"]["asset"]["_ref"]]["url"])
     assert world.deliver(post).status_code == 202
-    wait_for(lambda: failed_count(world) == 1)
+    wait_for(lambda: world.jobs(JobState.FAILED) == 1)
     assert log_in(world.http).status_code == 303
 
     page = world.http.get("/operator/failures")
@@ -135,9 +122,9 @@ def test_a_failure_appears_with_its_reason_and_replay_fixes_it(world: World) -> 
 
     # a POST without the session's CSRF token changes nothing
     forged = world.http.post("/operator/replay", data={"document_id": "post-1"})
-    assert forged.status_code == 403 and failed_count(world) == 1
+    assert forged.status_code == 403 and world.jobs(JobState.FAILED) == 1
     wrong = world.http.post("/operator/replay", data={"document_id": "post-1", "csrf": "x" * 43})
-    assert wrong.status_code == 403 and failed_count(world) == 1
+    assert wrong.status_code == 403 and world.jobs(JobState.FAILED) == 1
 
     fs.refuse.clear()  # the cause is fixed
     replayed = world.http.post(

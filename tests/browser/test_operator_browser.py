@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from service_world import World, running_world
+from service_world import World, running_world, wait_for
 
 from cms_sync.jobs import JobState
 
@@ -63,18 +62,6 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         yield world
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def failed(w: World) -> int:
-    stats = w.running.call(lambda: w.running.service.store.stats(now=time.time()))
-    return int(stats.counts[JobState.FAILED])
-
-
 def shot(page: Page, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
@@ -87,7 +74,7 @@ def test_log_in_see_a_failure_replay_it_and_see_it_synced(browser: Browser, worl
     fs.refuse.add(lake.documents[post["mainImage"]["asset"]["_ref"]]["url"])
     assert world.deliver(post).status_code == 202
     assert world.deliver(lake.documents["product-1"]).status_code == 202
-    wait_for(lambda: failed(world) == 1)
+    wait_for(lambda: world.jobs(JobState.FAILED) == 1)
 
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
@@ -114,7 +101,7 @@ def test_log_in_see_a_failure_replay_it_and_see_it_synced(browser: Browser, worl
     row.locator("button", has_text="Replay").click()
     row.locator("button", has_text="Queued").wait_for()
     wait_for(lambda: lake.documents["post-1"]["mainImage"].get("filestackHandle") is not None)
-    wait_for(lambda: failed(world) == 0)
+    wait_for(lambda: world.jobs(JobState.FAILED) == 0)
     page.reload()
     assert "No failed documents." in page.inner_text("main")
 

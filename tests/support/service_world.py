@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 
 from cms_sync import signature
 from cms_sync.app import create_app
+from cms_sync.jobs import JobState
 from cms_sync.mapping import default_mapping
 from fakes import FakeContentLake, FakeFilestack
 from servers import RunningApp, run_app, serve
@@ -46,6 +48,12 @@ class World:
             },
         )
 
+    def jobs(self, state: JobState) -> int:
+        """How many jobs the running service's store holds in ``state``."""
+        store = self.running.service.store
+        stats = self.running.call(lambda: store.stats(now=time.time()))
+        return int(stats.counts[state])
+
     def wait_idle(self) -> None:
         worker = self.running.service.worker
 
@@ -53,6 +61,14 @@ class World:
             await asyncio.wait_for(worker.idle.wait(), 20)
 
         self.running.call(idle)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``condition`` (on this thread, so a failed assert shows its cause) until true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 @contextmanager
