@@ -127,6 +127,35 @@ class BackfillRun:
     finished_at: float | None = None
 
 
+class RunOutcome(enum.StrEnum):
+    """How one run of a job ended, as the document's history keeps it."""
+
+    DONE = "done"
+    RETRY = "retry"  # to run again after a backoff
+    FAILED = "failed"  # dead-lettered
+    EXPIRED = "expired"  # its lease ran out: the worker stopped or crashed mid-run
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a job: kept after the job itself is gone (a store keeps only each
+    document's latest done or failed job), for the operator page's document view."""
+
+    document_id: str
+    job_id: int
+    attempt: int
+    source: JobSource
+    outcome: RunOutcome
+    message: str | None  # the error of a retry or failure; a done run's note
+    started_at: float
+    ended_at: float
+    worker: str | None  # the lease owner: which replica ran it
+
+
+#: Runs kept per document (the oldest go first); all runs go after ``prune``'s cut-off.
+HISTORY_PER_DOCUMENT = 50
+
+
 @dataclass(frozen=True)
 class RunningJob:
     document_id: str
@@ -246,8 +275,26 @@ class JobStore(Protocol):
         """
         ...
 
+    async def history(self, document_id: str, *, limit: int = HISTORY_PER_DOCUMENT) -> list[JobRun]:
+        """The document's runs, newest first."""
+        ...
+
+    async def run_counts(self, *, since: float, bucket: float) -> dict[tuple[int, RunOutcome], int]:
+        """Runs that ended at or after ``since``, by ``bucket``-second slot (0 is the
+        slot starting at ``since``) and outcome."""
+        ...
+
+    async def recent_documents(self, *, limit: int) -> list[Job]:
+        """Each document's newest job, the most recently changed documents first."""
+        ...
+
+    async def backfills(self) -> list[BackfillRun]:
+        """Every backfill run the store knows, the most recently moved first."""
+        ...
+
     async def prune(self, *, before: float) -> None:
-        """Forget delivery keys older than ``before`` (Sanity retries for 30 minutes)."""
+        """Forget delivery keys (Sanity retries for 30 minutes) and runs older than
+        ``before``."""
         ...
 
     def add_waker(self, wake: Callable[[], None]) -> None:

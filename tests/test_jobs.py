@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore
+from cms_sync.jobs import (
+    HISTORY_PER_DOCUMENT,
+    FailedJob,
+    Job,
+    JobRequest,
+    JobSource,
+    JobState,
+    JobStore,
+    RunOutcome,
+)
 from cms_sync.jobstore.postgres import PostgresJobStore
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.records import StoredAsset
@@ -421,3 +430,122 @@ async def test_a_finished_backfill_cannot_be_advanced(store: JobStore) -> None:
     with pytest.raises(ValueError, match="no unfinished backfill"):
         await store.advance_backfill("all:post", backfilled("a"), cursor="a", now=3)
     assert await store.latest_job("a") is None  # nothing queued either
+
+
+# -- the operator page's history ----------------------------------------------------------
+async def test_history_keeps_every_run_after_the_jobs_are_gone(store: JobStore) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    first = await claim(store, now=1, owner="w1")
+    assert first is not None
+    await store.retry(first, now=2, run_after=10, error="Filestack: HTTP 503")
+    second = await claim(store, now=10, owner="w2")
+    assert second is not None
+    await store.fail(second, now=11, error="Filestack: HTTP 400 Invalid URL")
+    await store.enqueue([JobRequest("a", source=JobSource.REPLAY)], now=20)
+    third = await claim(store, now=21, owner="w1")
+    assert third is not None
+    await store.finish(third, now=22, note="stored 1")
+    await store.accept("k2", [ev("a")], now=30)  # a later job that has not run: no entry
+    await store.accept("k3", [ev("b")], now=30)
+    other = await claim(store, now=31, document_id="b")
+    assert other is not None and await store.finish(other, now=32)
+
+    runs = await store.history("a")
+    assert [(r.outcome, r.attempt, r.source, r.worker) for r in runs] == [
+        (RunOutcome.DONE, 1, JobSource.REPLAY, "w1"),
+        (RunOutcome.FAILED, 2, JobSource.WEBHOOK, "w2"),
+        (RunOutcome.RETRY, 1, JobSource.WEBHOOK, "w1"),
+    ]
+    assert [(r.started_at, r.ended_at) for r in runs] == [(21, 22), (10, 11), (1, 2)]
+    assert [r.message for r in runs] == [
+        "stored 1",
+        "Filestack: HTTP 400 Invalid URL",
+        "Filestack: HTTP 503",
+    ]
+    assert runs[0].job_id == third.id and runs[2].job_id == first.id
+    assert [r.document_id for r in await store.history("b")] == ["b"]
+    assert await store.history("never-seen") == []
+
+
+async def test_a_retry_folded_into_a_newer_job_and_an_expired_lease_are_in_the_history(
+    store: JobStore,
+) -> None:
+    await store.accept("k1", [ev("a")], now=0)
+    job = await claim(store, now=0, owner="w1")
+    await store.accept("k2", [ev("a")], now=1)
+    assert job is not None and await store.retry(job, now=2, run_after=5, error="503")
+    dead = await claim(store, now=5, owner="dead")
+    assert dead is not None
+    assert await claim(store, now=5 + LEASE + 1, owner="w2") is not None  # recovers it
+    runs = await store.history("a")
+    assert [(r.outcome, r.worker, r.ended_at) for r in runs] == [
+        (RunOutcome.EXPIRED, "dead", 5 + LEASE + 1),
+        (RunOutcome.RETRY, "w1", 2),
+    ]
+    assert runs[0].message is not None and "lease expired" in runs[0].message
+
+
+async def test_a_release_is_not_a_run(store: JobStore) -> None:
+    await store.accept("k", [ev("a")], now=0)
+    job = await claim(store)
+    assert job is not None and await store.release(job, now=1)
+    assert await store.history("a") == []
+
+
+async def test_history_is_capped_per_document_and_pruned_by_age(store: JobStore) -> None:
+    for n in range(HISTORY_PER_DOCUMENT + 5):
+        await store.enqueue([JobRequest("a", source=JobSource.REPLAY)], now=n)
+        job = await claim(store, now=n)
+        assert job is not None and await store.finish(job, now=n + 0.5, note=str(n))
+    runs = await store.history("a", limit=1000)
+    assert len(runs) == HISTORY_PER_DOCUMENT
+    assert runs[0].message == str(HISTORY_PER_DOCUMENT + 4) and runs[-1].message == "5"
+    await store.prune(before=HISTORY_PER_DOCUMENT)
+    assert [r.message for r in await store.history("a")] == [
+        str(n) for n in range(HISTORY_PER_DOCUMENT + 4, HISTORY_PER_DOCUMENT - 1, -1)
+    ]
+
+
+async def test_runs_are_counted_by_time_slot_and_outcome(store: JobStore) -> None:
+    ends = {"a": 100.0, "b": 159.9, "c": 160.0, "d": 290.0, "old": 99.0}
+    for doc_id, end in ends.items():
+        await store.accept(f"k-{doc_id}", [ev(doc_id)], now=0)
+        job = await claim(store, now=0, document_id=doc_id)
+        assert job is not None
+        if doc_id == "c":
+            await store.retry(job, now=end, run_after=1000, error="503")
+        else:
+            await store.finish(job, now=end)
+    counts = await store.run_counts(since=100, bucket=60)
+    assert counts == {
+        (0, RunOutcome.DONE): 2,
+        (1, RunOutcome.RETRY): 1,
+        (3, RunOutcome.DONE): 1,
+    }
+
+
+async def test_recent_documents_are_each_documents_latest_job(store: JobStore) -> None:
+    await store.accept("k1", [ev("a"), ev("b")], now=0)
+    job = await claim(store, now=1, document_id="a")
+    assert job is not None and await store.finish(job, now=5)
+    await store.accept("k2", [ev("a")], now=6)  # a's newest job is pending again
+    await store.accept("k3", [ev("c")], now=3)
+    recent = await store.recent_documents(limit=10)
+    assert [(j.document_id, j.state) for j in recent] == [
+        ("a", JobState.PENDING),
+        ("c", JobState.PENDING),
+        ("b", JobState.PENDING),
+    ]
+    assert [j.document_id for j in await store.recent_documents(limit=2)] == ["a", "c"]
+
+
+async def test_backfill_runs_are_listed_most_recently_moved_first(store: JobStore) -> None:
+    assert await store.backfills() == []
+    await store.begin_backfill("all:post", total=2, now=1)
+    await store.begin_backfill("needed:product", total=3, now=2)
+    await store.advance_backfill("all:post", backfilled("p1"), cursor="p1", now=3)
+    runs = await store.backfills()
+    assert [(r.name, r.swept, r.total) for r in runs] == [
+        ("all:post", 1, 2),
+        ("needed:product", 0, 3),
+    ]

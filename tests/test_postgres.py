@@ -150,6 +150,7 @@ async def test_a_schema_1_database_is_migrated_and_keeps_its_jobs(postgres_url: 
     await store.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # as version 1 left it
         conn.execute("ALTER TABLE jobs DROP COLUMN delivery_id")
+        conn.execute("DROP TABLE job_history")
         conn.execute("UPDATE cms_sync_schema SET version = 1")
 
     one, two = await asyncio.gather(  # two replicas upgrading at once
@@ -162,6 +163,8 @@ async def test_a_schema_1_database_is_migrated_and_keeps_its_jobs(postgres_url: 
         await two.accept("k2", [JobRequest("post-2")], now=1)
         later = await two.claim(owner="w", now=2, lease=30, max_attempts=3)
         assert later is not None and later.delivery_id == "k2"
+        assert await two.finish(later, now=3)
+        assert [run.job_id for run in await one.history("post-2")] == [later.id]
     finally:
         await one.close()
         await two.close()

@@ -51,6 +51,9 @@ async def test_a_schema_3_database_keeps_its_jobs_with_their_times(tmp_path: Pat
             JobSource.WEBHOOK,
             None,  # schema 5's column, empty for jobs from before it
         )
+        assert await store.finish(job, now=2)
+        (run,) = await store.history("post-1")  # schema 6's table
+        assert (run.job_id, run.ended_at) == (job.id, 2)
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:

@@ -43,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.filestack_notices import DELIVERY_PREFIX, StoreNotice
 from cms_sync.jobs import (
+    HISTORY_PER_DOCUMENT,
     Accepted,
     BackfillRun,
     Confirmation,
@@ -50,9 +51,11 @@ from cms_sync.jobs import (
     FailedJob,
     Job,
     JobRequest,
+    JobRun,
     JobSource,
     JobState,
     RunningJob,
+    RunOutcome,
     StoreStats,
 )
 from cms_sync.records import (
@@ -72,7 +75,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "cms_sync_jobs"  # _MANY_TAIL spells it too
 #: Any constant: the advisory lock that serialises schema changes across replicas.
 _SCHEMA_LOCK = 0x636D_7373_796E_63  # "cmssync"
@@ -168,6 +171,22 @@ CREATE TABLE IF NOT EXISTS orphans (
     reason text NOT NULL,
     noticed_at double precision NOT NULL
 );
+-- Every run of every job (schema 3), for the operator page: the jobs table keeps only each
+-- document's latest outcome. Capped per document and pruned by age.
+CREATE TABLE IF NOT EXISTS job_history (
+    id bigserial PRIMARY KEY,
+    document_id text NOT NULL,
+    job_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    source text NOT NULL,
+    outcome text NOT NULL CHECK (outcome IN ('done', 'retry', 'failed', 'expired')),
+    message text,
+    started_at double precision NOT NULL,
+    ended_at double precision NOT NULL,
+    worker text
+);
+CREATE INDEX IF NOT EXISTS job_history_document ON job_history (document_id, id);
+CREATE INDEX IF NOT EXISTS job_history_ended ON job_history (ended_at);
 CREATE TABLE IF NOT EXISTS probe (
     id integer PRIMARY KEY CHECK (id = 1),
     at double precision NOT NULL,
@@ -716,6 +735,7 @@ class PostgresJobStore:
             "run_after = %s, last_error = %s, updated_at = %s, read_retries = read_retries + %s",
             (run_after, error, now, int(read_retry)),
             keep_backoff=run_after,
+            ran=(error, now),
         )
 
     async def release(self, job: Job, *, now: float) -> bool:
@@ -735,6 +755,8 @@ class PostgresJobStore:
                 (state.value, message, now),
             ):
                 return False
+            outcome = RunOutcome.DONE if state is JobState.DONE else RunOutcome.FAILED
+            await _log_run(conn, job, outcome, message, now=now)
             # Only a document's latest outcome matters: a done job clears old failures.
             await conn.execute(
                 "DELETE FROM jobs WHERE document_id = %s AND id <> %s "
@@ -753,10 +775,18 @@ class PostgresJobStore:
         params: tuple[Any, ...],
         *,
         keep_backoff: float | None = None,
+        ran: tuple[str, float] | None = None,
     ) -> bool:
-        """Make a running job pending again, or fold it into a newer pending job."""
+        """Make a running job pending again, or fold it into a newer pending job; ``ran``
+        is a retry's error and time, for the history (a release did not run)."""
 
         async def write(conn: Conn) -> bool:
+            kept = await _write(conn)
+            if kept and ran is not None:
+                await _log_run(conn, job, RunOutcome.RETRY, ran[0], now=ran[1])
+            return kept
+
+        async def _write(conn: Conn) -> bool:
             # Lock the document's pending job, if any, so a delivery cannot add one between
             # the look and the update (the unique index would refuse the update).
             newer = await _one(
@@ -964,8 +994,55 @@ class PostgresJobStore:
     async def prune(self, *, before: float) -> None:
         async def write(conn: Conn) -> None:
             await conn.execute("DELETE FROM inbox WHERE received_at < %s", (before,))
+            await conn.execute("DELETE FROM job_history WHERE ended_at < %s", (before,))
 
         await self.run(write)
+
+    # -- the operator page --------------------------------------------------------------
+    async def history(self, document_id: str, *, limit: int = HISTORY_PER_DOCUMENT) -> list[JobRun]:
+        async def read(conn: Conn) -> list[JobRun]:
+            rows = await _all(
+                conn,
+                f"SELECT {_RUN_COLUMNS} FROM job_history "  # noqa: S608 - our column list
+                "WHERE document_id = %s ORDER BY id DESC LIMIT %s",
+                (document_id, limit),
+            )
+            return [_run(row) for row in rows]
+
+        return await self.run(read)
+
+    async def run_counts(self, *, since: float, bucket: float) -> dict[tuple[int, RunOutcome], int]:
+        async def read(conn: Conn) -> dict[tuple[int, RunOutcome], int]:
+            rows = await _all(
+                conn,
+                "SELECT floor((ended_at - %(since)s) / %(bucket)s)::integer AS slot, outcome, "
+                "count(*) AS n FROM job_history WHERE ended_at >= %(since)s "
+                "GROUP BY slot, outcome",
+                {"since": since, "bucket": bucket},
+            )
+            return {(row["slot"], RunOutcome(row["outcome"])): row["n"] for row in rows}
+
+        return await self.run(read)
+
+    async def recent_documents(self, *, limit: int) -> list[Job]:
+        async def read(conn: Conn) -> list[Job]:
+            rows = await _all(
+                conn,
+                "SELECT * FROM (SELECT DISTINCT ON (document_id) * FROM jobs "
+                "  ORDER BY document_id, id DESC) AS latest "
+                "ORDER BY updated_at DESC, id DESC LIMIT %s",
+                (limit,),
+            )
+            return [_job(row) for row in rows]
+
+        return await self.run(read)
+
+    async def backfills(self) -> list[BackfillRun]:
+        async def read(conn: Conn) -> list[BackfillRun]:
+            rows = await _all(conn, "SELECT * FROM backfills ORDER BY updated_at DESC, name")
+            return [BackfillRun(**row) for row in rows]
+
+        return await self.run(read)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -1225,6 +1302,48 @@ async def _update_owned(conn: Conn, job: Job, assignments: str, params: tuple[An
     return cursor.rowcount > 0
 
 
+_RUN_COLUMNS = (
+    "document_id, job_id, attempt, source, outcome, message, started_at, ended_at, worker"
+)
+#: Keeps a document's newest runs only (the index on (document_id, id) finds the cut).
+_CAP_HISTORY = (
+    "DELETE FROM job_history WHERE document_id = %(doc)s AND id <= (SELECT id FROM job_history "
+    "  WHERE document_id = %(doc)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s)"
+)
+
+
+def _run(row: dict[str, Any]) -> JobRun:
+    return JobRun(
+        **{
+            **row,
+            "source": JobSource(row["source"]),
+            "outcome": RunOutcome(row["outcome"]),
+        }
+    )
+
+
+async def _log_run(
+    conn: Conn, job: Job, outcome: RunOutcome, message: str | None, *, now: float
+) -> None:
+    """Keep one run in the document's history (claim time is the job's ``updated_at``)."""
+    await conn.execute(
+        f"INSERT INTO job_history ({_RUN_COLUMNS}) "  # noqa: S608 - our column list
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            job.document_id,
+            job.id,
+            job.attempts,
+            job.source.value,
+            outcome.value,
+            message,
+            job.updated_at,
+            now,
+            job.lease_owner,
+        ),
+    )
+    await conn.execute(_CAP_HISTORY, {"doc": job.document_id, "keep": HISTORY_PER_DOCUMENT})
+
+
 async def _recover_expired(conn: Conn, *, now: float, max_attempts: int) -> None:
     """Running jobs whose lease ran out (their replica died) become runnable again.
 
@@ -1238,6 +1357,20 @@ async def _recover_expired(conn: Conn, *, now: float, max_attempts: int) -> None
         return
     try:
         async with conn.transaction():
+            expired_docs = await _all(
+                conn,
+                f"INSERT INTO job_history ({_RUN_COLUMNS}) "  # noqa: S608 - our column list
+                "SELECT document_id, id, attempts, source, 'expired', "
+                "'lease expired: the worker stopped or crashed', updated_at, %(now)s, "
+                "lease_owner FROM jobs WHERE state = 'running' AND lease_until < %(now)s "
+                # Locked: a replica recovering at the same time waits, then finds them gone.
+                "ORDER BY id FOR UPDATE RETURNING document_id",
+                {"now": now},
+            )
+            for row in expired_docs:
+                await conn.execute(
+                    _CAP_HISTORY, {"doc": row["document_id"], "keep": HISTORY_PER_DOCUMENT}
+                )
             await conn.execute(
                 "DELETE FROM jobs WHERE state = 'running' AND lease_until < %s AND EXISTS ("
                 "  SELECT 1 FROM jobs AS p WHERE p.document_id = jobs.document_id "

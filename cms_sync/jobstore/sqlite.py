@@ -26,6 +26,7 @@ import structlog
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.filestack_notices import DELIVERY_PREFIX, StoreNotice
 from cms_sync.jobs import (
+    HISTORY_PER_DOCUMENT,
     Accepted,
     BackfillRun,
     Confirmation,
@@ -33,9 +34,11 @@ from cms_sync.jobs import (
     FailedJob,
     Job,
     JobRequest,
+    JobRun,
     JobSource,
     JobState,
     RunningJob,
+    RunOutcome,
     StoreStats,
 )
 from cms_sync.jobstore.groupcommit import GroupCommit
@@ -55,7 +58,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: What /readyz writes: more than a delivery (an inbox row and a job, with their indexes).
 _PROBE_BYTES = 32 * 1024
 _SCHEMA = """
@@ -148,6 +151,23 @@ CREATE TABLE IF NOT EXISTS orphans (
     reason TEXT NOT NULL,
     noticed_at REAL NOT NULL
 );
+
+-- Every run of every job (schema 6), for the operator page: the jobs table keeps only each
+-- document's latest outcome. Capped per document and pruned by age.
+CREATE TABLE IF NOT EXISTS job_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('done', 'retry', 'failed', 'expired')),
+    message TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    worker TEXT
+);
+CREATE INDEX IF NOT EXISTS job_history_document ON job_history (document_id, id);
+CREATE INDEX IF NOT EXISTS job_history_ended ON job_history (ended_at);
 
 -- One row rewritten by /readyz (schema 3): proof that the store can still be written.
 CREATE TABLE IF NOT EXISTS probe (
@@ -656,6 +676,7 @@ class SQLiteJobStore:
             "run_after = ?, last_error = ?, updated_at = ?, read_retries = read_retries + ?",
             (run_after, error, now, int(read_retry)),
             keep_backoff=run_after,
+            ran=(error, now),
         )
 
     async def release(self, job: Job, *, now: float) -> bool:
@@ -677,6 +698,8 @@ class SQLiteJobStore:
                 (state.value, message, now),
             ):
                 return False
+            outcome = RunOutcome.DONE if state is JobState.DONE else RunOutcome.FAILED
+            _log_run(conn, job, outcome, message, now=now)
             # Only a document's latest outcome matters: a done job clears old failures.
             conn.execute(
                 "DELETE FROM jobs WHERE document_id = ? AND id != ? "
@@ -694,15 +717,23 @@ class SQLiteJobStore:
         params: tuple[Any, ...],
         *,
         keep_backoff: float | None = None,
+        ran: tuple[str, float] | None = None,
     ) -> bool:
         """Make a running job pending again, or fold it into a newer pending job.
 
         Args:
             keep_backoff: a retry's ``run_after``: a newer pending job takes over the
                 backoff and the attempt count, so new deliveries cannot cut a backoff short.
+            ran: a retry's error and time, for the history (a release did not run).
         """
 
         def write(conn: sqlite3.Connection) -> bool:
+            kept = _write(conn)
+            if kept and ran is not None:
+                _log_run(conn, job, RunOutcome.RETRY, ran[0], now=ran[1])
+            return kept
+
+        def _write(conn: sqlite3.Connection) -> bool:
             newer = conn.execute(
                 "SELECT id FROM jobs WHERE document_id = ? AND state = 'pending'",
                 (job.document_id,),
@@ -871,9 +902,52 @@ class SQLiteJobStore:
         await self._ingest_write(probe, budget)
 
     async def prune(self, *, before: float) -> None:
-        await self.transaction(
-            lambda conn: conn.execute("DELETE FROM inbox WHERE received_at < ?", (before,))
-        )
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM inbox WHERE received_at < ?", (before,))
+            conn.execute("DELETE FROM job_history WHERE ended_at < ?", (before,))
+
+        await self.transaction(write)
+
+    # -- the operator page --------------------------------------------------------------
+    async def history(self, document_id: str, *, limit: int = HISTORY_PER_DOCUMENT) -> list[JobRun]:
+        def read(conn: sqlite3.Connection) -> list[JobRun]:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM job_history "  # noqa: S608 - our column list
+                "WHERE document_id = ? ORDER BY id DESC LIMIT ?",
+                (document_id, limit),
+            ).fetchall()
+            return [_run(row) for row in rows]
+
+        return await self.run(read)
+
+    async def run_counts(self, *, since: float, bucket: float) -> dict[tuple[int, RunOutcome], int]:
+        def read(conn: sqlite3.Connection) -> dict[tuple[int, RunOutcome], int]:
+            rows = conn.execute(
+                "SELECT CAST((ended_at - :since) / :bucket AS INTEGER) AS slot, outcome, "
+                "count(*) FROM job_history WHERE ended_at >= :since GROUP BY slot, outcome",
+                {"since": since, "bucket": bucket},
+            ).fetchall()
+            return {(slot, RunOutcome(outcome)): n for slot, outcome, n in rows}
+
+        return await self.run(read)
+
+    async def recent_documents(self, *, limit: int) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE id IN (SELECT max(id) FROM jobs GROUP BY document_id) "
+                "ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_job(row) for row in rows]
+
+        return await self.run(read)
+
+    async def backfills(self) -> list[BackfillRun]:
+        def read(conn: sqlite3.Connection) -> list[BackfillRun]:
+            rows = conn.execute("SELECT * FROM backfills ORDER BY updated_at DESC, name")
+            return [_backfill(row) for row in rows.fetchall()]
+
+        return await self.run(read)
 
     def add_waker(self, wake: Callable[[], None]) -> None:
         """SQLite cannot tell: another process's jobs are found by polling."""
@@ -987,8 +1061,66 @@ def _insert_orphan(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
     )
 
 
+_RUN_COLUMNS = (
+    "document_id, job_id, attempt, source, outcome, message, started_at, ended_at, worker"
+)
+
+
+def _run(row: sqlite3.Row) -> JobRun:
+    return JobRun(
+        document_id=row["document_id"],
+        job_id=row["job_id"],
+        attempt=row["attempt"],
+        source=JobSource(row["source"]),
+        outcome=RunOutcome(row["outcome"]),
+        message=row["message"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        worker=row["worker"],
+    )
+
+
+def _log_run(
+    conn: sqlite3.Connection, job: Job, outcome: RunOutcome, message: str | None, *, now: float
+) -> None:
+    """Keep one run in the document's history (claim time is the job's ``updated_at``)."""
+    conn.execute(
+        f"INSERT INTO job_history ({_RUN_COLUMNS}) "  # noqa: S608 - our column list
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job.document_id,
+            job.id,
+            job.attempts,
+            job.source.value,
+            outcome.value,
+            message,
+            job.updated_at,
+            now,
+            job.lease_owner,
+        ),
+    )
+    _cap_history(conn, job.document_id)
+
+
+def _cap_history(conn: sqlite3.Connection, document_id: str) -> None:
+    conn.execute(
+        "DELETE FROM job_history WHERE document_id = :doc AND id <= (SELECT id FROM job_history "
+        "  WHERE document_id = :doc ORDER BY id DESC LIMIT 1 OFFSET :keep)",
+        {"doc": document_id, "keep": HISTORY_PER_DOCUMENT},
+    )
+
+
 def _recover_expired(conn: sqlite3.Connection, *, now: float, max_attempts: int) -> None:
     """Running jobs whose lease ran out (their worker died) become runnable again."""
+    expired = conn.execute(
+        f"INSERT INTO job_history ({_RUN_COLUMNS}) "  # noqa: S608 - our column list
+        "SELECT document_id, id, attempts, source, 'expired', "
+        "'lease expired: the worker stopped or crashed', updated_at, ?, lease_owner "
+        "FROM jobs WHERE state = 'running' AND lease_until < ? RETURNING document_id",
+        (now, now),
+    ).fetchall()
+    for (document_id,) in expired:
+        _cap_history(conn, document_id)
     conn.execute(
         "DELETE FROM jobs WHERE state = 'running' AND lease_until < ? AND EXISTS ("
         "  SELECT 1 FROM jobs AS p WHERE p.document_id = jobs.document_id AND p.state = 'pending')",
