@@ -102,7 +102,7 @@ def create_app(
                 )
             job_store = opened.jobs
             limiter = rate_limiter(settings)
-            app.state.metrics = meters = Metrics(limiter)
+            app.state.metrics = meters = Metrics(limiter, clock=clock)
             events = Fanout([LogEvents(), meters])
             async with open_syncer(
                 settings,
@@ -137,6 +137,7 @@ def create_app(
                     filestack_secret=settings.filestack_webhook_secret,
                     filestack_max_age=settings.cms_sync_filestack_webhook_max_age,
                     dataset_tag=settings.dataset_tag,
+                    syncer=syncer,
                 )
                 if not verify_signatures:
                     log.warning(
@@ -163,6 +164,11 @@ def create_app(
     operator = OperatorOptions.from_settings(settings)
     if operator is not None:  # otherwise /operator is a 404 like any unknown path
         app.router.routes.append(
-            Mount("/operator", operator_app(lambda: app.state.service, operator))
+            Mount(
+                "/operator",
+                operator_app(
+                    lambda: app.state.service, operator, metrics=lambda: app.state.metrics
+                ),
+            )
         )
     return app

@@ -93,6 +93,18 @@ def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return dict(tags)
 
 
+def transformation_url(url: str, handle: str, tasks: str) -> str:
+    """A stored file's URL with Filestack's processing ``tasks`` (``resize=width:160``)
+    before its handle, on the same host: ``https://cdn.filestackcontent.com/<tasks>/<handle>``.
+
+    A URL that does not end in its handle is returned as it is.
+    """
+    base, sep, tail = url.rpartition("/")
+    if not sep or tail != handle:
+        return url
+    return f"{base}/{tasks}/{handle}"
+
+
 @dataclass(frozen=True)
 class StoredFile:
     handle: str

@@ -279,9 +279,11 @@ class JobStore(Protocol):
         """The document's runs, newest first."""
         ...
 
-    async def run_counts(self, *, since: float, bucket: float) -> dict[tuple[int, RunOutcome], int]:
-        """Runs that ended at or after ``since``, by ``bucket``-second slot (0 is the
-        slot starting at ``since``) and outcome."""
+    async def run_counts(
+        self, *, since: float, bucket: float, source: JobSource | None = None
+    ) -> dict[tuple[int, RunOutcome], int]:
+        """Runs that ended at or after ``since`` (of jobs from ``source`` only, when
+        given), by ``bucket``-second slot (0 is the slot starting at ``since``) and outcome."""
         ...
 
     async def recent_documents(self, *, limit: int) -> list[Job]:

@@ -14,7 +14,9 @@ the counters across them; the store's gauges are the same on every replica, so t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import (
@@ -38,6 +40,7 @@ from cms_sync.events import (
     NoticeEnded,
     NoticeOutcome,
     PatchConflict,
+    Remote,
     StoreUnanswered,
     SyncEnded,
 )
@@ -59,6 +62,52 @@ def status_class(status: int | None, error_type: str | None) -> str:
     if status == 429:
         return "429"
     return f"{status // 100}xx"
+
+
+@dataclass(frozen=True)
+class CallRate:
+    """Calls to one remote over a recent window."""
+
+    calls: int
+    errors: int  # answers other than a 2xx (429s included), and calls with no answer
+    throttled: int  # 429s
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.calls if self.calls else None
+
+
+class RecentCalls:
+    """Calls per remote over the last ``window`` seconds, in one-minute slots: the
+    operator page's error rates (this process's calls only; Prometheus has the rest)."""
+
+    def __init__(self, *, window: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self.window = window
+        self._clock = clock
+        self._slots: dict[tuple[Remote, int], list[int]] = {}  # [calls, errors, 429s]
+
+    def add(self, remote: Remote, outcome: str) -> None:
+        minute = int(self._clock() // 60)
+        tally = self._slots.setdefault((remote, minute), [0, 0, 0])
+        tally[0] += 1
+        tally[1] += outcome != "2xx"
+        tally[2] += outcome == "429"
+        if len(self._slots) > 4 * len(Remote) * (self.window // 60 + 1):
+            self._forget(minute)
+
+    def rates(self) -> dict[Remote, CallRate]:
+        """Each remote's calls in the window (every remote, zero when it had none)."""
+        minute = int(self._clock() // 60)
+        self._forget(minute)
+        totals = {remote: [0, 0, 0] for remote in Remote}
+        for (remote, _), tally in self._slots.items():
+            totals[remote] = [a + b for a, b in zip(totals[remote], tally, strict=True)]
+        return {remote: CallRate(*tally) for remote, tally in totals.items()}
+
+    def _forget(self, minute: int) -> None:
+        oldest = minute - int(self.window // 60) + 1
+        for key in [k for k in self._slots if k[1] < oldest]:
+            del self._slots[key]
 
 
 class HasStats(Protocol):
@@ -95,8 +144,11 @@ class Metrics:
     """The service's metrics in one registry of its own (one per app, so tests and
     several apps in one process do not collide)."""
 
-    def __init__(self, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self, limiter: RateLimiter | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.registry = registry = CollectorRegistry()
+        self.recent_calls = RecentCalls(clock=clock)
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(name, doc, labels, registry=registry)
@@ -202,6 +254,7 @@ class Metrics:
                 self.calls.labels(remote, event.operation).observe(event.seconds)
                 outcome = status_class(event.status, event.error_type)
                 self.call_outcomes.labels(remote, event.operation, outcome).inc()
+                self.recent_calls.add(event.remote, outcome)
             case SyncEnded(patched=True):
                 self.reused.inc(event.reused)
 

@@ -15,9 +15,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cms_sync.backfill import Progress
 from cms_sync.deliveries import id_problem
-from cms_sync.jobs import FailedJob, Job, JobRequest, JobSource, JobState, JobStore, RunningJob
-from cms_sync.records import Orphan, UnseenCopies
+from cms_sync.errors import CmsSyncError
+from cms_sync.filestack import transformation_url
+from cms_sync.jobs import (
+    FailedJob,
+    Job,
+    JobRequest,
+    JobRun,
+    JobSource,
+    JobState,
+    JobStore,
+    RunningJob,
+    RunOutcome,
+)
+from cms_sync.planner import Action, Plan
+from cms_sync.records import Orphan, StoredAsset, UnseenCopies
 from cms_sync.scrub import Scrubber
 from cms_sync.storage import Storage
 from cms_sync.sync import Syncer, SyncReport
@@ -100,6 +114,171 @@ async def orphans(storage: Storage, *, scrub: Scrubber) -> Orphans:
             dataclasses.replace(u, last_error=scrub(u.last_error) if u.last_error else None)
             for u in unseen
         ],
+    )
+
+
+# -- recent documents and throughput -----------------------------------------------------
+async def recent_documents(storage: Storage, *, scrub: Scrubber, limit: int = 20) -> list[Job]:
+    """Each document's newest job, the most recently changed first, errors scrubbed."""
+    return [
+        dataclasses.replace(job, last_error=scrub(job.last_error) if job.last_error else None)
+        for job in await storage.jobs.recent_documents(limit=limit)
+    ]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Job runs per time slot: ``slots[0]`` starts at ``since``, each ``bucket`` s long."""
+
+    since: float
+    bucket: float
+    slots: tuple[dict[RunOutcome, int], ...]
+
+    def total(self, outcome: RunOutcome) -> int:
+        return sum(slot.get(outcome, 0) for slot in self.slots)
+
+    @property
+    def peak(self) -> int:
+        """The most runs in one slot (0 when none)."""
+        return max((sum(slot.values()) for slot in self.slots), default=0)
+
+
+async def throughput(
+    storage: Storage, *, now: float, window: float = 3600.0, bucket: float = 60.0
+) -> Throughput:
+    """Runs of the last ``window`` seconds by outcome, per ``bucket``, oldest first."""
+    count = max(1, round(window / bucket))
+    since = now - count * bucket
+    counts = await storage.jobs.run_counts(since=since, bucket=bucket)
+    slots: list[dict[RunOutcome, int]] = [{} for _ in range(count)]
+    for (slot, outcome), n in counts.items():
+        slots[min(max(slot, 0), count - 1)][outcome] = n  # a run ending exactly now: last slot
+    return Throughput(since, bucket, tuple(slots))
+
+
+# -- backfill ----------------------------------------------------------------------------
+#: The backfill rate is measured over this many recent seconds.
+BACKFILL_RATE_WINDOW = 300.0
+
+
+async def backfills(storage: Storage, *, now: float, limit: int = 5) -> list[Progress]:
+    """The latest backfill runs with their jobs by state, rate and ETA (``Progress.eta``):
+    the rate is the backfill's runs ended in the last five minutes (of the run)."""
+    progress = []
+    for run in (await storage.jobs.backfills())[:limit]:
+        jobs = await storage.jobs.source_counts(JobSource.BACKFILL, since=run.started_at)
+        end = run.finished_at or now
+        window = max(min(BACKFILL_RATE_WINDOW, end - run.started_at), 0.0)
+        recent = await storage.jobs.run_counts(
+            since=end - window, bucket=max(window, 1.0), source=JobSource.BACKFILL
+        )
+        ended = sum(n for (_, outcome), n in recent.items() if outcome is not RunOutcome.RETRY)
+        progress.append(Progress(run=run, jobs=jobs, elapsed=window, done_here=ended))
+    return progress
+
+
+# -- one document ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlotState:
+    """One media slot as the document holds it, and what the worker would do with it."""
+
+    path: str
+    action: Action
+    reason: str
+    asset_id: str | None
+    handle: str | None
+    url: str | None
+    mime_type: str | None
+    size: int | None
+    #: The asset's stored copy, when there is one (a STORE slot with a record is stored
+    #: and waits only for its patch).
+    record: StoredAsset | None = None
+
+    @property
+    def state(self) -> str:
+        if self.action is Action.STORE and self.record is not None:
+            return "stored"
+        return {Action.STORE: "to store"}.get(self.action, self.action.value)
+
+    @property
+    def thumbnail(self) -> str | None:
+        """A small rendition through Filestack's transformation URL, for images only."""
+        if not (self.url and self.handle and (self.mime_type or "").startswith("image/")):
+            return None
+        return transformation_url(self.url, self.handle, "resize=width:160")
+
+
+@dataclass(frozen=True)
+class DocumentView:
+    document_id: str
+    latest: Job | None
+    history: list[JobRun]
+    #: The document's slots as read now from Sanity; None when it could not be read.
+    slots: tuple[SlotState, ...] | None
+    document_type: str | None = None
+    rev: str | None = None
+    #: Why the document's slots are not shown (not found, unmapped type, Sanity down).
+    read_error: str | None = None
+    orphans: list[Orphan] = field(default_factory=list)
+    unseen: list[UnseenCopies] = field(default_factory=list)
+
+
+async def document(
+    storage: Storage,
+    document_id: str,
+    *,
+    plan: Callable[[str], Awaitable[Plan]] | None,
+    scrub: Scrubber,
+) -> DocumentView:
+    """A document's runs, its slots (``plan`` reads and plans it: ``Syncer.plan``; None
+    when there is no Sanity to read) and the orphans of its assets."""
+    latest = await storage.jobs.latest_job(document_id)
+    if latest is not None and latest.last_error:
+        latest = dataclasses.replace(latest, last_error=scrub(latest.last_error))
+    history = [
+        dataclasses.replace(run, message=scrub(run.message) if run.message else None)
+        for run in await storage.jobs.history(document_id)
+    ]
+    view = DocumentView(document_id, latest, history, slots=None)
+    problem = usable_id(document_id)
+    if problem is not None:
+        return dataclasses.replace(view, read_error=problem)
+    if plan is None:
+        return dataclasses.replace(view, read_error="no Sanity client in this process")
+    try:
+        planned = await plan(document_id)
+    except CmsSyncError as exc:
+        return dataclasses.replace(view, read_error=scrub(str(exc)))
+    slots = []
+    for slot_plan in planned.slots:
+        slot, asset = slot_plan.slot, slot_plan.slot.asset
+        record = None
+        if asset is not None and slot_plan.action is Action.STORE:
+            record = await storage.records.get(asset.id)
+        slots.append(
+            SlotState(
+                path=slot.path,
+                action=slot_plan.action,
+                reason=slot_plan.reason,
+                asset_id=asset.id if asset else None,
+                handle=slot.handle,
+                url=slot.url,
+                mime_type=slot.mime_type or (asset.mime_type if asset else None),
+                size=slot.size,
+                record=record,
+            )
+        )
+    assets = {s.asset_id for s in slots if s.asset_id}
+    handles, unseen = await storage.jobs.orphans()
+    return dataclasses.replace(
+        view,
+        slots=tuple(slots),
+        document_type=planned.document.type,
+        rev=planned.document.rev,
+        orphans=[
+            dataclasses.replace(o, reason=scrub(o.reason)) for o in handles if o.asset_id in assets
+        ],
+        unseen=[u for u in unseen if u.asset_id in assets],
     )
 
 

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from cms_sync.events import Events, LogEvents
 from cms_sync.jobs import JobStore
 from cms_sync.mapping import MediaMapping
+from cms_sync.sync import Syncer
 from cms_sync.worker import Worker
 
 
@@ -32,3 +33,5 @@ class Service:
     filestack_max_age: float = 900.0
     #: ``<project>/<dataset>``: stores tagged for another dataset are not ours.
     dataset_tag: str = ""
+    #: The worker's syncer, for reading a document's plan (the operator page).
+    syncer: Syncer | None = None

@@ -522,6 +522,11 @@ async def test_runs_are_counted_by_time_slot_and_outcome(store: JobStore) -> Non
         (1, RunOutcome.RETRY): 1,
         (3, RunOutcome.DONE): 1,
     }
+    await store.enqueue([JobRequest("e", source=JobSource.REPLAY)], now=0)
+    job = await claim(store, now=0, document_id="e")
+    assert job is not None and await store.finish(job, now=150)
+    replays_only = await store.run_counts(since=100, bucket=60, source=JobSource.REPLAY)
+    assert replays_only == {(0, RunOutcome.DONE): 1}
 
 
 async def test_recent_documents_are_each_documents_latest_job(store: JobStore) -> None:

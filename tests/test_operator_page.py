@@ -4,6 +4,7 @@ a failure made by a Filestack fault, and replay; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from service_world import World, running_world, wait_for
 
-from cms_sync.jobs import JobState
+from cms_sync.jobs import JobRequest, JobSource, JobState
 from cms_sync.operator.auth import COOKIE
 
 TOKEN = "operator-token-0123456789abcdef"
@@ -166,3 +167,103 @@ def test_a_huge_form_is_refused_before_it_is_read(world: World) -> None:
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert answer.status_code == 413
+
+
+def test_the_document_view_shows_its_runs_slots_thumbnails_and_state(world: World) -> None:
+    lake, fs = world.lake, world.fs
+    post = lake.documents["post-1"]
+    fs.refuse.add(lake.documents[post["mainImage"]["asset"]["_ref"]]["url"])
+    world.deliver(post)
+    wait_for(lambda: world.jobs(JobState.FAILED) == 1)
+    log_in(world.http)
+
+    failed = world.http.get("/operator/documents/post-1")
+    assert failed.status_code == 200
+    history = failed.text.split("Job history", 1)[1]
+    assert 'class="state run-failed">failed' in history and "Invalid URL" in history
+    assert re.search(r'data-slot="mainImage">.*?slot-to-store">to store<', failed.text, re.S)
+    assert 'class="state state-failed">failed' in failed.text  # the latest job
+
+    fs.refuse.clear()
+    csrf = csrf_of(failed.text)
+    world.http.post("/operator/replay", data={"document_id": "post-1", "csrf": csrf})
+    wait_for(lambda: lake.documents["post-1"]["mainImage"].get("filestackHandle") is not None)
+    wait_for(lambda: world.jobs(JobState.DONE) == 1)
+    handle = lake.documents["post-1"]["mainImage"]["filestackHandle"]
+
+    synced = world.http.get("/operator/documents/post-1").text
+    assert re.search(r'data-slot="mainImage">.*?slot-in-sync">in sync<', synced, re.S)
+    runs = re.findall(r'class="state run-(\w+)"', synced.split("Job history", 1)[1])
+    assert runs == ["done", "failed"]  # newest first
+    assert "replay" in synced.split("Job history", 1)[1]
+    # the thumbnail is a Filestack transformation of the stored file, on its own host
+    (thumb,) = re.findall(r'<img class="thumb" src="([^"]+)"', synced)
+    assert thumb.endswith(f"/resize=width:160/{handle}")
+    origin = thumb.split("/resize=")[0]
+    assert origin in world.http.get("/operator/").headers["content-security-policy"]
+    assert "fs-secret" not in synced and "whsec" not in synced
+
+
+def test_a_document_that_cannot_be_read_still_shows_its_history(world: World) -> None:
+    log_in(world.http)
+    missing = world.http.get("/operator/documents/post-404")
+    assert missing.status_code == 200
+    assert "Cannot read the document from Sanity" in missing.text and "post-404" in missing.text
+    assert "No runs recorded." in missing.text
+
+    found = world.http.get("/operator/documents", params={"id": " post-1 "})
+    assert found.status_code == 303 and found.headers["location"] == "/operator/documents/post-1"
+    bad = world.http.get("/operator/documents", params={"id": "a/../b c"})
+    assert bad.status_code == 400 and "is not a document id" in bad.text
+
+
+def test_the_overview_lists_recent_documents_throughput_and_error_rates(world: World) -> None:
+    lake, fs = world.lake, world.fs
+    for doc_id in ("post-1", "product-1"):
+        world.deliver(lake.documents[doc_id])
+    wait_for(lambda: world.jobs(JobState.DONE) == 2)
+    post2 = lake.documents["post-legacy"]
+    fs.refuse.add(lake.documents[post2["mainImage"]["asset"]["_ref"]]["url"])
+    world.deliver(post2)
+    wait_for(lambda: world.jobs(JobState.FAILED) == 1)
+    log_in(world.http)
+
+    page = world.http.get("/operator/").text
+    recent = re.findall(r'<tr data-document="([^"]+)">\s*<td><a href="/operator/documents/', page)
+    assert recent[0] == "post-legacy" and set(recent) == {"post-1", "product-1", "post-legacy"}
+    # the chart: one bar per outcome in the minute they ran, nothing inline but SVG
+    bars = re.findall(r'<rect class="run-(\w+)"[^>]*><title>(\d+) \w+, (\d+) min ago', page)
+    done = sum(int(n) for outcome, n, _ in bars if outcome == "done")
+    assert done == 2 and sum(int(n) for o, n, _ in bars if o == "failed") == 1
+    assert {minutes for *_, minutes in bars} <= {"0", "1"}
+    assert "done 2" in page and "failed 1" in page
+    # this process's calls: Filestack refused one store (a 400)
+    filestack = re.search(r'<tr data-remote="filestack">(.*?)</tr>', page, re.S)
+    assert filestack is not None
+    calls, errors = (int(n) for n in re.findall(r'class="num[^"]*">(\d+)<', filestack[1])[:2])
+    assert errors == 1 and calls >= 2
+    sanity = re.search(r'<tr data-remote="sanity">(.*?)</tr>', page, re.S)
+    assert sanity is not None and "0.0%" in sanity[1]
+
+
+def test_the_backfill_page_shows_a_runs_progress_rate_and_eta(world: World) -> None:
+    log_in(world.http)
+    assert "No backfill has run" in world.http.get("/operator/backfill").text
+    store, now = world.running.service.store, time.time()
+    requests = [JobRequest(d, source=JobSource.BACKFILL) for d in ("post-1", "product-1")]
+    world.running.call(lambda: store.begin_backfill("needed:post,product", total=10, now=now))
+    world.running.call(
+        lambda: store.advance_backfill("needed:post,product", requests, cursor="product-1", now=now)
+    )
+    world.running.service.worker.wake()
+    wait_for(lambda: world.jobs(JobState.DONE) == 2)
+
+    page = world.http.get("/operator/backfill").text
+    row = re.search(r'<tr data-run="needed:post,product">(.*?)</tr>', page, re.S)
+    assert row is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row[1], re.S)
+    assert cells[2:6] == ["2/10", "2", "0", "0"]  # swept, done, failed, queued
+    assert cells[6].endswith("docs/s") and float(cells[6].split()[0]) > 0
+    assert cells[8] == "sweeping" and cells[7] not in ("-", "")  # an ETA for the 8 left
+    overview = world.http.get("/operator/").text
+    assert "needed:post,product" in overview and "swept 2/10" in overview

@@ -1011,14 +1011,16 @@ class PostgresJobStore:
 
         return await self.run(read)
 
-    async def run_counts(self, *, since: float, bucket: float) -> dict[tuple[int, RunOutcome], int]:
+    async def run_counts(
+        self, *, since: float, bucket: float, source: JobSource | None = None
+    ) -> dict[tuple[int, RunOutcome], int]:
         async def read(conn: Conn) -> dict[tuple[int, RunOutcome], int]:
             rows = await _all(
                 conn,
                 "SELECT floor((ended_at - %(since)s) / %(bucket)s)::integer AS slot, outcome, "
                 "count(*) AS n FROM job_history WHERE ended_at >= %(since)s "
-                "GROUP BY slot, outcome",
-                {"since": since, "bucket": bucket},
+                "AND (%(source)s::text IS NULL OR source = %(source)s) GROUP BY slot, outcome",
+                {"since": since, "bucket": bucket, "source": source and source.value},
             )
             return {(row["slot"], RunOutcome(row["outcome"])): row["n"] for row in rows}
 

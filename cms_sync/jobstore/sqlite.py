@@ -920,12 +920,15 @@ class SQLiteJobStore:
 
         return await self.run(read)
 
-    async def run_counts(self, *, since: float, bucket: float) -> dict[tuple[int, RunOutcome], int]:
+    async def run_counts(
+        self, *, since: float, bucket: float, source: JobSource | None = None
+    ) -> dict[tuple[int, RunOutcome], int]:
         def read(conn: sqlite3.Connection) -> dict[tuple[int, RunOutcome], int]:
             rows = conn.execute(
                 "SELECT CAST((ended_at - :since) / :bucket AS INTEGER) AS slot, outcome, "
-                "count(*) FROM job_history WHERE ended_at >= :since GROUP BY slot, outcome",
-                {"since": since, "bucket": bucket},
+                "count(*) FROM job_history WHERE ended_at >= :since "
+                "AND (:source IS NULL OR source = :source) GROUP BY slot, outcome",
+                {"since": since, "bucket": bucket, "source": source and source.value},
             ).fetchall()
             return {(slot, RunOutcome(outcome)): n for slot, outcome, n in rows}
 

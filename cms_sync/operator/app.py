@@ -36,7 +36,11 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cms_sync import operations
-from cms_sync.operator import auth
+from cms_sync.backfill import format_progress
+from cms_sync.deliveries import id_problem
+from cms_sync.jobs import JobState, RunOutcome
+from cms_sync.metrics import Metrics
+from cms_sync.operator import auth, chart
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service
 from cms_sync.settings import Settings
@@ -160,8 +164,14 @@ class BodyLimit:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def operator_app(service: Callable[[], Service], options: OperatorOptions) -> Starlette:
-    """The page, to mount at ``/operator``; ``service`` gives the running service."""
+def operator_app(
+    service: Callable[[], Service],
+    options: OperatorOptions,
+    *,
+    metrics: Callable[[], Metrics | None] = lambda: None,
+) -> Starlette:
+    """The page, to mount at ``/operator``; ``service`` gives the running service and
+    ``metrics`` its metrics (for the error rates of this process's calls)."""
     templates = Jinja2Templates(
         env=jinja2.Environment(
             loader=jinja2.PackageLoader("cms_sync.operator", "templates"),
@@ -171,6 +181,10 @@ def operator_app(service: Callable[[], Service], options: OperatorOptions) -> St
     )
     templates.env.filters["when"] = _when
     templates.env.filters["age"] = _age
+    templates.env.filters["percent"] = _percent
+    templates.env.filters["progress"] = format_progress
+    templates.env.globals["outcomes"] = RunOutcome
+    templates.env.globals["states"] = JobState
     limiter = auth.LoginLimiter()
 
     def storage() -> Storage:
@@ -248,6 +262,9 @@ def operator_app(service: Callable[[], Service], options: OperatorOptions) -> St
         status = await operations.status(storage(), now=now)
         failed = await operations.failures(storage(), scrub=options.scrub)
         orphans = await operations.orphans(storage(), scrub=options.scrub)
+        throughput = await operations.throughput(storage(), now=now)
+        backfills = await operations.backfills(storage(), now=now, limit=1)
+        meters = metrics()
         return page(
             request,
             "overview.html",
@@ -256,8 +273,41 @@ def operator_app(service: Callable[[], Service], options: OperatorOptions) -> St
             failures=failed[:5],
             failure_count=len(failed),
             orphans=orphans,
+            throughput=throughput,
+            chart=chart.bars(throughput),
+            calls=None if meters is None else meters.recent_calls.rates(),
+            recent=await operations.recent_documents(storage(), scrub=options.scrub),
+            backfills=[b for b in backfills if b.run.finished_at is None],
             now=now,
         )
+
+    async def document(request: Request) -> Response:
+        document_id = request.path_params["document_id"]
+        svc = service()
+        view = await operations.document(
+            storage(),
+            document_id,
+            plan=None if svc.syncer is None else svc.syncer.plan,
+            scrub=options.scrub,
+        )
+        return page(request, "document.html", title=document_id, doc=view, now=svc.clock())
+
+    async def find_document(request: Request) -> Response:
+        document_id = request.query_params.get("id", "").strip()
+        if not document_id:
+            return RedirectResponse(request.url_for("overview").path, status_code=303)
+        problem = id_problem(document_id)
+        if problem is not None:
+            return page(
+                request, "find.html", 400, title="Find a document", error=problem, asked=document_id
+            )
+        path = request.url_for("document", document_id=document_id).path
+        return RedirectResponse(path, status_code=303)
+
+    async def backfill(request: Request) -> Response:
+        now = service().clock()
+        runs = await operations.backfills(storage(), now=now)
+        return page(request, "backfill.html", title="Backfill", runs=runs, now=now)
 
     async def failures(request: Request) -> Response:
         failed = await operations.failures(storage(), scrub=options.scrub)
@@ -283,6 +333,9 @@ def operator_app(service: Callable[[], Service], options: OperatorOptions) -> St
     routes = [
         Route("/", requires_login(overview), name="overview"),
         Route("/failures", requires_login(failures), name="failures"),
+        Route("/documents", requires_login(find_document), name="find_document"),
+        Route("/documents/{document_id}", requires_login(document), name="document"),
+        Route("/backfill", requires_login(backfill), name="backfill"),
         Route("/replay", requires_login(replay), methods=["POST"], name="replay"),
         Route("/login", login_form, name="login"),
         Route("/login", login, methods=["POST"]),
@@ -335,6 +388,10 @@ def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
 
 
 def _age(seconds: float | None) -> str:

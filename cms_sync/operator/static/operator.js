@@ -3,10 +3,13 @@
 // - A page with [data-refresh] redraws its <main> every so many seconds.
 "use strict";
 
+let inFlight = 0; // replays being sent: a refresh then would redraw under them
+
 async function replay(form) {
   const button = form.querySelector("button");
   const row = form.closest("tr");
   button.disabled = true;
+  inFlight += 1;
   const body = new FormData(form);
   try {
     const answer = await fetch(form.action, {
@@ -34,6 +37,8 @@ async function replay(form) {
     note.setAttribute("role", "alert");
     note.textContent = `Replay failed: ${error.message}`;
     form.after(note);
+  } finally {
+    inFlight -= 1;
   }
 }
 
@@ -50,7 +55,7 @@ function refreshEvery() {
   if (!marked) return;
   const seconds = Number(marked.dataset.refresh) || 10;
   setInterval(async () => {
-    if (document.hidden || document.querySelector("button:disabled")) return;
+    if (document.hidden || inFlight > 0) return;
     const answer = await fetch(location.href, { credentials: "same-origin" });
     if (!answer.ok || answer.redirected) return;
     const page = new DOMParser().parseFromString(await answer.text(), "text/html");
