@@ -10,6 +10,12 @@ harmless.
 
 To stay offline, sources are fetched only from loopback hosts unless a transport is given.
 
+A transformation URL (``/resize=width:160/{handle}``, any tasks before the handle) serves
+the stored bytes untransformed: enough for a page's thumbnails. ``PUT /_emulator/refuse``
+with ``{"sources": [URL, ...]}`` makes stores of those sources fail as Filestack does when
+it cannot fetch one (400 ``Invalid URL``) until the set is replaced; ``GET`` shows it. It is
+the fault a demo or a browser test injects into a running emulator.
+
 With a :class:`Notifier`, each store is also notified as Filestack's webhooks do: an
 ``fp.upload`` POST carrying the store's upload tags, signed with ``FS-Signature`` (hex
 HMAC-SHA256 of ``"<FS-Timestamp>.<body>"``) and retried after 5 minutes, 30 minutes and
@@ -38,6 +44,8 @@ from cms_sync.allowlist import is_loopback
 from cms_sync.emulators.faults import Faults
 from cms_sync.emulators.http import Handler, json_response, mime_for
 
+#: Where a running emulator is told which sources to refuse (see the module docstring).
+REFUSE_PATH = "/_emulator/refuse"
 #: The most the emulator fetches of one source.
 MAX_SOURCE = 64 * 1024 * 1024
 
@@ -211,13 +219,32 @@ class Filestack:
         path = request.url.path
         if request.method == "POST" and path.rstrip("/").endswith("/process"):
             return self._process(request)
-        if request.method in ("GET", "HEAD") and path.count("/") == 1 and len(path) > 1:
-            stored = self.files.get(path[1:])
-            if stored is not None:
+        if path == REFUSE_PATH:
+            return self._refusals(request)
+        if request.method in ("GET", "HEAD") and len(path) > 1:
+            *tasks, handle = path[1:].split("/")
+            stored = self.files.get(handle)
+            if stored is not None and all("=" in task for task in tasks):
                 return httpx.Response(
                     200, content=stored.data, headers={"content-type": stored.mime}
                 )
         return httpx.Response(404, text="Not Found")
+
+    def _refusals(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            try:
+                sources = json.loads(request.content)["sources"]
+                if not isinstance(sources, list) or not all(isinstance(u, str) for u in sources):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                return json_response(400, {"error": 'expected {"sources": [URL, ...]}'})
+            with self._lock:
+                self.refuse.clear()
+                self.refuse.update(sources)
+        elif request.method != "GET":
+            return json_response(405, {"error": "GET or PUT"})
+        with self._lock:
+            return json_response(200, {"sources": sorted(self.refuse)})
 
     def _process(self, request: httpx.Request) -> httpx.Response:
         try:

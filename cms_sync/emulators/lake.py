@@ -9,6 +9,9 @@ It holds one dataset in memory and speaks the wire formats of WIRE.md:
   delete and patch (by id or by query), patches over JSONMatch paths, ``ifRevisionID``
   with Sanity's 409 body, all-or-nothing transactions, ``returnIds``/``returnDocuments``.
 - ``GET /v{version}/data/doc/{dataset}/{id}[,{id}...]``.
+- ``POST /v{version}/assets/{images|files}/{dataset}?filename=NAME``: the raw bytes as the
+  body, as an editor's upload from Studio; answers ``{"document": <asset document>}``. The
+  same bytes twice are one asset (Sanity's id comes from their SHA-1).
 - Asset bytes at ``/images/{project}/{dataset}/...`` and ``/files/...``, so asset URLs
   resolve: give ``asset_base`` and the asset documents' CDN URLs are rewritten to it.
 - GROQ-powered webhooks on every committed change (:mod:`.webhooks`).
@@ -42,6 +45,9 @@ from cms_sync.emulators.webhooks import Dispatcher, Webhook, transaction_time
 #: API versions from this date default to the published perspective.
 PUBLISHED_BY_DEFAULT = "2025-02-19"
 _DATA = re.compile(r"^/v(?P<version>[^/]+)/data/(?P<kind>query|mutate|doc)/(?P<rest>.+)$")
+_UPLOAD = re.compile(r"^/v(?P<version>[^/]+)/assets/(?P<kind>images|files)/(?P<dataset>[^/]+)$")
+#: The largest upload the emulator takes.
+MAX_UPLOAD = 64 * 1024 * 1024
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -189,12 +195,16 @@ class ContentLake:
         if _is_asset(request):
             return self._asset(path)
         match = _DATA.match(path)
-        if match is None:
+        upload = _UPLOAD.match(path) if request.method == "POST" else None
+        if match is None and upload is None:
             return json_response(404, {"statusCode": 404, "error": "Not Found", "message": path})
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return json_response(
                 401, {"statusCode": 401, "error": "Unauthorized", "message": "Session not found"}
             )
+        if upload is not None:
+            return self._upload(request, upload["kind"], unquote(upload["dataset"]))
+        assert match is not None
         kind, rest = match["kind"], unquote(match["rest"])
         dataset, _, ids = rest.partition("/")
         if dataset != self.dataset:
@@ -209,6 +219,31 @@ class ContentLake:
         if kind == "doc" and ids and request.method == "GET":
             return self._doc(ids.split(","))
         return json_response(405, {"statusCode": 405, "error": "Method Not Allowed"})
+
+    def _upload(self, request: httpx.Request, kind: str, dataset: str) -> httpx.Response:
+        if dataset != self.dataset:
+            return json_response(
+                404, {"error": {"type": "notFoundError", "description": "Dataset not found"}}
+            )
+        data = request.read()
+        if not data or len(data) > MAX_UPLOAD:
+            return json_response(
+                400, {"statusCode": 400, "error": "Bad Request", "message": "Empty or too large"}
+            )
+        mime = request.headers.get("content-type", "").split(";")[0].strip() or None
+        filename = request.url.params.get("filename") or (
+            "upload.png" if kind == "images" else "upload.bin"
+        )
+        if kind == "images" and not (mime or mime_for(filename)).startswith("image/"):
+            return json_response(
+                400,
+                {
+                    "statusCode": 400,
+                    "error": "Bad Request",
+                    "message": "Invalid image, not an image",
+                },
+            )
+        return json_response(200, {"document": self.add_asset(data, filename, mime=mime)})
 
     def _query(self, request: httpx.Request, version: str) -> httpx.Response:
         self.queries.append(request)

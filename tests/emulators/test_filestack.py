@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from cms_sync.emulators import ContentLake, Filestack, bind, serve
+from cms_sync.emulators.filestack import REFUSE_PATH
 
 PDF = b"%PDF-1.4\n% a tiny test file\n%%EOF\n"
 
@@ -115,3 +116,30 @@ def test_sources_off_this_machine_are_not_fetched(world: Any) -> None:
     assert answer.status_code == 400 and "loopback" in answer.text and not fs.stores
     missing = store(fs_url, f"{world[1]}/images/cmsdemo/production/missing.png")
     assert missing.status_code == 400 and "404" in missing.text
+
+
+def test_a_transformation_url_serves_the_stored_file(world: Any) -> None:
+    lake, _, fs_url, _ = world
+    asset = lake.add_asset(PDF, "spec.pdf")
+    handle = store(fs_url, asset["url"], path="sanity/spec.pdf").json()["handle"]
+    resized = httpx.get(f"{fs_url}/resize=width:160/{handle}", timeout=5)
+    assert resized.status_code == 200 and resized.content == PDF
+    assert httpx.get(f"{fs_url}/resize=width:160/output=format:png/{handle}").status_code == 200
+    assert httpx.get(f"{fs_url}/not-a-task/{handle}").status_code == 404
+    assert httpx.get(f"{fs_url}/resize=width:160/NoSuchHandle").status_code == 404
+
+
+def test_a_running_emulator_can_be_told_to_refuse_sources(world: Any) -> None:
+    lake, _, fs_url, fs = world
+    asset = lake.add_asset(PDF, "spec.pdf")
+    control = f"{fs_url}{REFUSE_PATH}"
+    assert httpx.put(control, json={"sources": [asset["url"]]}).json() == {
+        "sources": [asset["url"]]
+    }
+    refused = store(fs_url, asset["url"], path="sanity/spec.pdf")
+    assert refused.status_code == 400 and "Invalid URL" in refused.text
+    assert fs.stores == []
+    assert httpx.get(control).json() == {"sources": [asset["url"]]}
+    assert httpx.put(control, json={"sources": "not a list"}).status_code == 400
+    assert httpx.put(control, json={"sources": []}).json() == {"sources": []}
+    assert store(fs_url, asset["url"], path="sanity/spec.pdf").status_code == 200

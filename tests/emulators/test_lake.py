@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from images import png
 
 from cms_sync.emulators import ContentLake
 from fakes import load_fixture
@@ -222,3 +223,53 @@ def test_exported_assets_without_files_get_bytes_of_their_size() -> None:
         missing = client.get("http://127.0.0.1:9/files/cmsdemo/production/other.pdf")
     assert len(got.content) == 2048 and got.headers["content-type"] == "application/pdf"
     assert missing.status_code == 404
+
+
+ASSETS = "https://cmsdemo.api.sanity.io/v2021-06-07/assets"
+
+
+def test_an_upload_makes_an_asset_an_editor_can_reference(
+    http: httpx.Client, lake: ContentLake
+) -> None:
+    image = png(5, 2, (1, 2, 3))
+    answer = http.post(
+        f"{ASSETS}/images/production",
+        params={"filename": "red.png"},
+        content=image,
+        headers={"content-type": "image/png"},
+    )
+    assert answer.status_code == 200
+    asset = answer.json()["document"]
+    assert asset["_type"] == "sanity.imageAsset" and asset["_id"].endswith("-5x2-png")
+    assert (asset["size"], asset["mimeType"], asset["originalFilename"]) == (
+        len(image),
+        "image/png",
+        "red.png",
+    )
+    assert lake.documents[asset["_id"]] == asset
+    path = asset["url"].split("cdn.sanity.io", 1)[1]
+    assert lake.asset_bytes(path) == (image, "image/png")
+    again = http.post(f"{ASSETS}/images/production", content=image)  # same bytes: same asset
+    assert again.json()["document"]["_id"] == asset["_id"]
+
+    pdf = http.post(
+        f"{ASSETS}/files/production",
+        params={"filename": "spec.pdf"},
+        content=b"%PDF-1.4\n%%EOF\n",
+        headers={"content-type": "application/pdf"},
+    )
+    assert pdf.json()["document"]["_type"] == "sanity.fileAsset"
+
+
+def test_an_upload_needs_the_token_the_dataset_and_an_image(
+    http: httpx.Client, lake: ContentLake
+) -> None:
+    with httpx.Client(transport=httpx.MockTransport(lake)) as nobody:
+        anonymous = nobody.post(f"{ASSETS}/images/production", content=png())
+    assert anonymous.status_code == 401
+    assert http.post(f"{ASSETS}/images/staging", content=png()).status_code == 404
+    not_image = http.post(
+        f"{ASSETS}/images/production", content=b"text", headers={"content-type": "text/plain"}
+    )
+    assert not_image.status_code == 400
+    assert http.post(f"{ASSETS}/images/production", content=b"").status_code == 400
