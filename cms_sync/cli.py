@@ -771,7 +771,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from cms_sync.demo import run_demo
 
     configure_logging(level="warning")
-    return asyncio.run(run_demo(sys.stdout, within=args.timeout, keep_running=args.keep_running))
+    return asyncio.run(
+        run_demo(
+            sys.stdout,
+            within=args.timeout,
+            keep_running=args.keep_running,
+            database=args.database,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -938,7 +945,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
-    demo.add_argument("--keep-running", action="store_true", help="keep everything up afterwards")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep everything up afterwards, with the operator page on (its token is printed)",
+    )
+    demo.add_argument(
+        "--database",
+        metavar="PATH_OR_URL",
+        help="the job store: a SQLite path or a postgresql:// URL (default: a temporary file)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -8,6 +8,11 @@ and posts, over real image and PDF files), publishes it, and waits until every d
 carries its Filestack fields. Then it replaces one product's image and waits for the new
 handle. The service is the same one ``cms-sync serve`` runs; only its Sanity host, its
 Filestack URL and its asset allow-list point at the emulators.
+
+With ``--keep-running`` everything stays up afterwards, with the operator page on (a
+made-up token, printed; the cookie not Secure, as the page is plain HTTP on 127.0.0.1),
+and the demo prints how to make an editor's change and inject a Filestack failure over
+the emulators' HTTP APIs.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import uvicorn
 
 from cms_sync.app import create_app
 from cms_sync.emulators import ContentLake, Webhook, bind
-from cms_sync.emulators.filestack import Notifier
+from cms_sync.emulators.filestack import REFUSE_PATH, Notifier
 from cms_sync.emulators.running import Emulators, running
 from cms_sync.mapping import MediaMapping, default_mapping
 from cms_sync.media import HANDLE, MIME_TYPE, SIZE, SOURCE_ASSET, URL
@@ -121,13 +126,20 @@ async def run_demo(
     *,
     within: float = 60.0,
     keep_running: bool = False,
-    database: Path | None = None,
+    database: str | Path | None = None,
     inspect: Callable[[Emulators], None] | None = None,
 ) -> int:
     """Run the demo; ``inspect`` sees the emulators once it has converged (for tests)."""
     mapping = default_mapping()
     secret = secrets.token_urlsafe(24)
     notices_secret = secrets.token_urlsafe(24)
+    # The page only when the demo stays up to be looked at; its token is made up here.
+    operator: dict[str, Any] = {}
+    if keep_running:
+        operator = {
+            "cms_sync_operator_token": secrets.token_urlsafe(24),
+            "cms_sync_operator_secure_cookie": False,  # plain HTTP on 127.0.0.1
+        }
     with (
         tempfile.TemporaryDirectory(prefix="cms-sync-demo-") as scratch,
         running(token=secrets.token_urlsafe(18), api_key="demo-" + secrets.token_hex(6)) as emu,
@@ -142,6 +154,7 @@ async def run_demo(
             sanity_webhook_secret=secret,
             cms_sync_database=str(database or Path(scratch) / "cms-sync.db"),
             cms_sync_log_level="warning",
+            **operator,
         )
         print("cms-sync demo: everything runs on this machine, nothing leaves it", file=out)
         print(f"  Content Lake emulator  {emu.sanity_url}", file=out)
@@ -161,8 +174,9 @@ async def run_demo(
                         print("cms-sync demo: the service did not start", file=out)
                         return 1
                     await asyncio.sleep(0.02)
+                token = operator.get("cms_sync_operator_token")
                 code = await _walk_through(
-                    emu, mapping, secret, service_url, out, within, keep_running
+                    emu, mapping, secret, service_url, out, within, keep_running, token
                 )
                 if inspect is not None:
                     inspect(emu)
@@ -180,6 +194,7 @@ async def _walk_through(
     out: TextIO,
     within: float,
     keep_running: bool,
+    token: str | None = None,
 ) -> int:
     lake = emu.lake
     lake.add_webhook(  # the webhook deploy/sanity/webhook.json defines
@@ -254,14 +269,33 @@ async def _walk_through(
     print(f"  {after[URL]}", file=out)
     print("\ncms-sync demo: converged", file=out)
     if keep_running:
-        print(
-            "Still running (Ctrl-C to stop). Point a worker at the emulators with:",
-            file=out,
-        )
-        for name, value in emu.worker_env().items():
-            print(f"  {name}={value}", file=out)
+        _still_running(emu, service_url, token, out)
         await asyncio.Event().wait()
     return 0
+
+
+def _still_running(emu: Emulators, service_url: str, token: str | None, out: TextIO) -> None:
+    lake = emu.lake
+    auth = f"-H 'Authorization: Bearer {lake.token}'"
+    lines = [
+        "Still running (Ctrl-C to stop).",
+        f"  Operator page   {service_url}/operator/   (token: {token})",
+        "",
+        "Change a document as an editor would (the service is told by the webhook):",
+        f"  curl {auth} -H 'Content-Type: image/png' --data-binary @NEW.png \\",
+        f"    '{emu.sanity_url}/v2021-06-07/assets/images/{lake.dataset}?filename=NEW.png'",
+        f"  curl {auth} -H 'Content-Type: application/json' \\",
+        f"    '{emu.sanity_url}/v2025-02-19/data/mutate/{lake.dataset}' -d '{{\"mutations\": "
+        '[{"patch": {"id": "DOC", "set": {"mainImage.asset._ref": "ASSET ID"}}}]}\'',
+        "Make Filestack refuse a source (a failure on the page; [] undoes it):",
+        f"  curl -X PUT '{emu.filestack_url}{REFUSE_PATH}' -d '{{\"sources\": [\"ASSET URL\"]}}'",
+        "",
+        "Point another worker at the emulators with:",
+        *(f"  {name}={value}" for name, value in emu.worker_env().items()),
+    ]
+    for line in lines:
+        print(line, file=out)
+    out.flush()
 
 
 def _describe(docs: list[dict[str, Any]]) -> str:

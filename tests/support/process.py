@@ -135,3 +135,71 @@ class ServeProcess:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         assert shown_secrets(json.dumps(self.events)) == [], "a secret reached the log"
+
+
+class DemoProcess:
+    """``cms-sync demo --keep-running`` in the background, read line by line from stdout."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *, database: str) -> None:
+        self.database = database
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "cms_sync", "demo", "--keep-running", "--database", database],
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            if predicate(line):
+                return line
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("\n".join(self.lines[-20:]))
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError("cms-sync demo exited:\n" + "\n".join(self.lines[-20:]))
+            self.lines.append(line)
+            if predicate(line):
+                return line
+
+    def setting(self, name: str) -> str:
+        """A ``  NAME=value`` line of the worker settings it prints."""
+        line = self.wait_for_line(lambda text: text.startswith(f"  {name}="))
+        return line.split("=", 1)[1]
+
+    def worker_env(self) -> dict[str, str]:
+        """Every setting it prints for pointing another worker at its emulators."""
+        self.setting("CMS_SYNC_ALLOWED_ASSET_HOSTS")  # printed after the rest
+        start = self.lines.index("Point another worker at the emulators with:") + 1
+        pairs = (line.strip().split("=", 1) for line in self.lines[start:] if "=" in line)
+        return {name: value for name, value in pairs}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # Ctrl-C, as the demo says
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
