@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from cms_sync.backfill import Progress
 from cms_sync.deliveries import id_problem
@@ -201,11 +202,19 @@ class SlotState:
         return {Action.STORE: "to store"}.get(self.action, self.action.value)
 
     @property
+    def link(self) -> str | None:
+        """The slot's Filestack URL when it is one a page may link to (an editor can
+        write anything into the field: a ``javascript:`` URL is not linked)."""
+        if self.url and urlsplit(self.url).scheme in ("http", "https"):
+            return self.url
+        return None
+
+    @property
     def thumbnail(self) -> str | None:
         """A small rendition through Filestack's transformation URL, for images only."""
-        if not (self.url and self.handle and (self.mime_type or "").startswith("image/")):
+        if not (self.link and self.handle and (self.mime_type or "").startswith("image/")):
             return None
-        return transformation_url(self.url, self.handle, "resize=width:160")
+        return transformation_url(self.link, self.handle, "resize=width:160")
 
 
 @dataclass(frozen=True)

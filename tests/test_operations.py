@@ -5,6 +5,7 @@ same answers on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import AsyncIterator
@@ -211,6 +212,8 @@ async def test_a_document_view_plans_its_slots_and_scrubs_its_history(storage: S
         "https://cdn.filestackcontent.com/resize=width:160/H1"
     )
     assert view.slots[0].thumbnail is None  # no handle on the slot yet
+    hostile = dataclasses.replace(view.slots[1], url="javascript:alert(1)//H1")
+    assert hostile.link is None and hostile.thumbnail is None
     (run,) = view.history
     assert run.message is not None and "fs-secret" not in run.message
     assert view.latest is not None and "fs-secret" not in (view.latest.last_error or "")
