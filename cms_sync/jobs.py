@@ -154,6 +154,36 @@ class JobRun:
 
 #: Runs kept per document (the oldest go first); all runs go after ``prune``'s cut-off.
 HISTORY_PER_DOCUMENT = 50
+#: The history's columns, in the order of :func:`run_row` (and of :class:`JobRun`).
+RUN_COLUMNS = (
+    "document_id",
+    "job_id",
+    "attempt",
+    "source",
+    "outcome",
+    "message",
+    "started_at",
+    "ended_at",
+    "worker",
+)
+
+
+def run_row(
+    job: Job, outcome: RunOutcome, message: str | None, *, now: float
+) -> tuple[object, ...]:
+    """The history row of a run of ``job`` that ends ``now`` (it began at its claim,
+    the job's ``updated_at``), for either backend."""
+    return (
+        job.document_id,
+        job.id,
+        job.attempts,
+        job.source.value,
+        outcome.value,
+        message,
+        job.updated_at,
+        now,
+        job.lease_owner,
+    )
 
 
 @dataclass(frozen=True)

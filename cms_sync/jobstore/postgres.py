@@ -44,6 +44,7 @@ from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.filestack_notices import DELIVERY_PREFIX, StoreNotice
 from cms_sync.jobs import (
     HISTORY_PER_DOCUMENT,
+    RUN_COLUMNS,
     Accepted,
     BackfillRun,
     Confirmation,
@@ -57,6 +58,7 @@ from cms_sync.jobs import (
     RunningJob,
     RunOutcome,
     StoreStats,
+    run_row,
 )
 from cms_sync.records import (
     ANSWERED_LATE,
@@ -1304,9 +1306,8 @@ async def _update_owned(conn: Conn, job: Job, assignments: str, params: tuple[An
     return cursor.rowcount > 0
 
 
-_RUN_COLUMNS = (
-    "document_id, job_id, attempt, source, outcome, message, started_at, ended_at, worker"
-)
+_RUN_COLUMNS = ", ".join(RUN_COLUMNS)
+_RUN_PLACES = ", ".join("%s" for _ in RUN_COLUMNS)
 #: Keeps a document's newest runs only (the index on (document_id, id) finds the cut).
 _CAP_HISTORY = (
     "DELETE FROM job_history WHERE document_id = %(doc)s AND id <= (SELECT id FROM job_history "
@@ -1330,18 +1331,8 @@ async def _log_run(
     """Keep one run in the document's history (claim time is the job's ``updated_at``)."""
     await conn.execute(
         f"INSERT INTO job_history ({_RUN_COLUMNS}) "  # noqa: S608 - our column list
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            job.document_id,
-            job.id,
-            job.attempts,
-            job.source.value,
-            outcome.value,
-            message,
-            job.updated_at,
-            now,
-            job.lease_owner,
-        ),
+        f"VALUES ({_RUN_PLACES})",
+        run_row(job, outcome, message, now=now),
     )
     await conn.execute(_CAP_HISTORY, {"doc": job.document_id, "keep": HISTORY_PER_DOCUMENT})
 

@@ -27,6 +27,7 @@ from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.filestack_notices import DELIVERY_PREFIX, StoreNotice
 from cms_sync.jobs import (
     HISTORY_PER_DOCUMENT,
+    RUN_COLUMNS,
     Accepted,
     BackfillRun,
     Confirmation,
@@ -40,6 +41,7 @@ from cms_sync.jobs import (
     RunningJob,
     RunOutcome,
     StoreStats,
+    run_row,
 )
 from cms_sync.jobstore.groupcommit import GroupCommit
 from cms_sync.records import (
@@ -1064,9 +1066,8 @@ def _insert_orphan(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
     )
 
 
-_RUN_COLUMNS = (
-    "document_id, job_id, attempt, source, outcome, message, started_at, ended_at, worker"
-)
+_RUN_COLUMNS = ", ".join(RUN_COLUMNS)
+_RUN_PLACES = ", ".join("?" for _ in RUN_COLUMNS)
 
 
 def _run(row: sqlite3.Row) -> JobRun:
@@ -1089,18 +1090,8 @@ def _log_run(
     """Keep one run in the document's history (claim time is the job's ``updated_at``)."""
     conn.execute(
         f"INSERT INTO job_history ({_RUN_COLUMNS}) "  # noqa: S608 - our column list
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            job.document_id,
-            job.id,
-            job.attempts,
-            job.source.value,
-            outcome.value,
-            message,
-            job.updated_at,
-            now,
-            job.lease_owner,
-        ),
+        f"VALUES ({_RUN_PLACES})",
+        run_row(job, outcome, message, now=now),
     )
     _cap_history(conn, job.document_id)
 
