@@ -238,9 +238,11 @@ async def document(
     *,
     plan: Callable[[str], Awaitable[Plan]] | None,
     scrub: Scrubber,
+    read_within: float = 5.0,
 ) -> DocumentView:
     """A document's runs, its slots (``plan`` reads and plans it: ``Syncer.plan``; None
-    when there is no Sanity to read) and the orphans of its assets."""
+    when there is no Sanity to read; given up after ``read_within`` seconds, retries
+    included, so a slow Sanity cannot hold a page) and the orphans of its assets."""
     latest = await storage.jobs.latest_job(document_id)
     if latest is not None and latest.last_error:
         latest = dataclasses.replace(latest, last_error=scrub(latest.last_error))
@@ -255,9 +257,14 @@ async def document(
     if plan is None:
         return dataclasses.replace(view, read_error="no Sanity client in this process")
     try:
-        planned = await plan(document_id)
+        async with asyncio.timeout(read_within):
+            planned = await plan(document_id)
     except CmsSyncError as exc:
         return dataclasses.replace(view, read_error=scrub(str(exc)))
+    except TimeoutError:
+        return dataclasses.replace(
+            view, read_error=f"Sanity did not answer within {read_within:g} s"
+        )
     slots = []
     for slot_plan in planned.slots:
         slot, asset = slot_plan.slot, slot_plan.slot.asset

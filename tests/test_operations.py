@@ -5,6 +5,7 @@ same answers on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import time
@@ -224,6 +225,13 @@ async def test_a_document_view_plans_its_slots_and_scrubs_its_history(storage: S
     gone = await operations.document(storage, "post-1", plan=unreadable, scrub=scrub)
     assert gone.slots is None and gone.read_error and "post-1" in gone.read_error
     assert len(gone.history) == 1
+
+    async def hanging(document_id: str) -> Plan:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    slow = await operations.document(storage, "post-1", plan=hanging, scrub=scrub, read_within=0.05)
+    assert slow.read_error == "Sanity did not answer within 0.05 s" and len(slow.history) == 1
 
 
 def test_a_transformation_url_goes_before_the_handle_on_the_same_host() -> None:
