@@ -13,7 +13,8 @@ import httpx
 import pytest
 from service_world import World, running_world, wait_for
 
-from cms_sync.jobs import JobRequest, JobSource, JobState
+from cms_sync.filestack_notices import StoreNotice
+from cms_sync.jobs import Confirmed, JobRequest, JobSource, JobState
 from cms_sync.operator.auth import COOKIE
 
 TOKEN = "operator-token-0123456789abcdef"
@@ -267,3 +268,33 @@ def test_the_backfill_page_shows_a_runs_progress_rate_and_eta(world: World) -> N
     assert cells[8] == "sweeping" and cells[7] not in ("-", "")  # an ETA for the 8 left
     overview = world.http.get("/operator/").text
     assert "needed:post,product" in overview and "swept 2/10" in overview
+
+
+def test_an_orphan_of_a_documents_asset_shows_on_its_view_and_the_overview(world: World) -> None:
+    lake = world.lake
+    world.deliver(lake.documents["post-1"])
+    wait_for(lambda: world.jobs(JobState.DONE) == 1)
+    asset_id = lake.documents["post-1"]["mainImage"]["asset"]["_ref"]
+    notice = StoreNotice(
+        event_id="evt-1",
+        action="fp.upload",
+        asset_id=asset_id,
+        handle="OrphanHandle00000001",
+        url="https://cdn.filestackcontent.com/OrphanHandle00000001",
+        storage_key=f"sanity/{asset_id}.jpg",
+        size=10,
+        mime_type="image/jpeg",
+        store_number=None,
+        document_id="post-1",
+        timestamp=None,
+    )
+    store = world.running.service.store
+    confirmed = world.running.call(lambda: store.confirm_store(notice, now=time.time()))
+    assert confirmed.outcome is Confirmed.ORPHAN
+    log_in(world.http)
+    for path in ("/operator/documents/post-1", "/operator/"):
+        page = world.http.get(path).text
+        row = re.search(r'<table class="orphans">.*?</table>', page, re.S)
+        assert row is not None and "OrphanHandle00000001" in row[0] and asset_id in row[0]
+    other = world.http.get("/operator/documents/product-1").text
+    assert "OrphanHandle00000001" not in other
