@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -136,6 +137,25 @@ async def test_a_held_lock_fails_the_write_by_its_deadline_and_writes_nothing(
         holder.close()
     assert await writer.submit(insert("now"), budget=5) == "now"
     assert rows(database) == ["now"]
+
+
+async def test_a_shorter_deadline_after_a_longer_one_is_still_kept(
+    writer: GroupCommit, database: Path
+) -> None:
+    # SQLite's busy timeout is set again only when it is off by more than the slack:
+    # never left longer than the batch's deadline allows.
+    assert await writer.submit(insert("early"), budget=30) == "early"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await writer.submit(insert("late"), budget=0.3)
+        assert time.monotonic() - started < 10  # not the 30 s the first write allowed
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert rows(database) == ["early"]
 
 
 async def test_the_check_refuses_a_batch_before_it_is_written(database: Path) -> None:
