@@ -64,9 +64,7 @@ def id_problem(document_id: str) -> str | None:
 def _skip_reason(
     document_id: str, doc_type: str | None, operation: str | None, mapping: MediaMapping
 ) -> str | None:
-    problem = id_problem(document_id)
-    if problem is not None:
-        return problem
+    """Why a Sanity document id (see :func:`id_problem`) is not queued, or None."""
     if document_id.startswith("drafts."):
         return "draft: only published documents are synced"
     if document_id.startswith("versions."):
@@ -129,14 +127,14 @@ def parse_delivery(
     distinct = len({doc_id for doc_id, _, _ in candidates})
     if distinct > max_documents:
         raise DeliveryTooLarge(f"{distinct} documents in one delivery; at most {max_documents}")
-    if all(id_problem(doc_id) is not None for doc_id, _, _ in candidates):
-        doc_id = candidates[0][0]
-        raise MalformedDelivery(f"{shown_id(doc_id)!r}: {id_problem(doc_id)}")
+    problems = [id_problem(doc_id) for doc_id, _, _ in candidates]
+    if all(problem is not None for problem in problems):
+        raise MalformedDelivery(f"{shown_id(candidates[0][0])!r}: {problems[0]}")
 
     requests: dict[str, JobRequest] = {}
     ignored: list[tuple[str, str]] = []
-    for doc_id, doc_type, operation in candidates:
-        reason = _skip_reason(doc_id, doc_type, operation, mapping)
+    for (doc_id, doc_type, operation), problem in zip(candidates, problems, strict=True):
+        reason = problem or _skip_reason(doc_id, doc_type, operation, mapping)
         if reason is not None:
             ignored.append((shown_id(doc_id), reason))
         elif doc_id not in requests:

@@ -197,7 +197,11 @@ class LogEvents:
     """
 
     def __init__(self) -> None:
-        self._log = structlog.get_logger("cms_sync")
+        # Assembled on first use and kept (the configuration is set by then): a plain
+        # lazy logger assembles itself again for every line, a cost paid per delivery.
+        self._log = structlog.wrap_logger(
+            None, logger_factory_args=("cms_sync",), cache_logger_on_first_use=True
+        )
 
     def emit(self, event: Event) -> None:
         log = self._log

@@ -224,10 +224,10 @@ class Metrics:
         self.store_up = gauge(
             "cms_sync_store_up", "1 when the job store answered this scrape, else 0."
         )
-        for outcome in DeliveryOutcome:
-            self.deliveries.labels(outcome.value)
-        for notice in NoticeOutcome:
-            self.notices.labels(notice.value)
+        # Every outcome shows from the start, at 0; each delivery then counts on its own
+        # child directly (``labels()`` is a locked lookup, paid per delivery otherwise).
+        self._delivery_counts = {o: self.deliveries.labels(o.value) for o in DeliveryOutcome}
+        self._notice_counts = {o: self.notices.labels(o.value) for o in NoticeOutcome}
         if limiter is not None:
             registry.register(_LimiterWaits(limiter))
 
@@ -235,9 +235,9 @@ class Metrics:
     def emit(self, event: Event) -> None:
         match event:
             case DeliveryEnded():
-                self.deliveries.labels(event.outcome.value).inc()
+                self._delivery_counts[event.outcome].inc()
             case NoticeEnded():
-                self.notices.labels(event.outcome.value).inc()
+                self._notice_counts[event.outcome].inc()
             case JobEnded():
                 verdict = event.verdict.value.replace(" ", "_")
                 self.job_runs.labels(verdict, event.job.source.value).inc()
