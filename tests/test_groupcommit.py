@@ -139,6 +139,22 @@ async def test_a_held_lock_fails_the_write_by_its_deadline_and_writes_nothing(
     assert rows(database) == ["now"]
 
 
+async def test_the_busy_timeout_is_not_set_again_for_every_batch(database: Path) -> None:
+    # The pragma is a statement, paid in GIL round trips: batches with similar deadlines
+    # share one setting.
+    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    pragmas: list[str] = []
+    conn.set_trace_callback(lambda s: pragmas.append(s) if "busy_timeout" in s else None)
+    writer = GroupCommit(conn, threading.Lock())
+    writer.start()
+    try:
+        for n in range(20):
+            await writer.submit(insert(f"k{n}"), budget=2)
+    finally:
+        writer.close()
+    assert len(pragmas) == 1 and rows(database) == sorted(f"k{n}" for n in range(20))
+
+
 async def test_a_shorter_deadline_after_a_longer_one_is_still_kept(
     writer: GroupCommit, database: Path
 ) -> None:

@@ -177,13 +177,17 @@ class GroupCommit:
         # SQLite's lock (another process may hold it): wait no longer than allowed. The
         # pragma is a statement (a round trip for the GIL), so it is set again only when
         # the wait it allows is off by more than the slack.
+        # Set, it falls a little short of the deadline (half the slack, or a quarter of a
+        # short wait), so that the next batches, whose deadlines are a few milliseconds
+        # nearer, still find it in range.
         wanted = max(1, int(_remaining(batch) * 1000))
         if self._busy_ms is None or not wanted - BUSY_SLACK_MS <= self._busy_ms <= wanted:
+            busy = max(1, wanted - min(BUSY_SLACK_MS // 2, wanted // 4))
             try:
-                self.conn.execute(f"PRAGMA busy_timeout = {wanted}")
+                self.conn.execute(f"PRAGMA busy_timeout = {busy}")
             except sqlite3.Error as exc:
                 return [StoreUnavailable(f"job store: {exc}")] * len(batch)
-            self._busy_ms = wanted
+            self._busy_ms = busy
         outcomes = self._committed(batch, self._together)
         if outcomes is None:
             outcomes = self._committed(batch, self._isolated)
