@@ -86,44 +86,6 @@ async def test_a_failing_write_is_rolled_back_alone(writer: GroupCommit, databas
     assert writer.batches == 2  # the first write's, and one for the other four
 
 
-async def test_items_for_one_batch_function_reach_it_in_one_call(
-    writer: GroupCommit, database: Path
-) -> None:
-    calls: list[list[str]] = []
-
-    def insert_all(conn: sqlite3.Connection, keys: list[str]) -> list[str]:
-        calls.append(list(keys))
-        conn.executemany("INSERT INTO t (k) VALUES (?)", [(k,) for k in keys])
-        return [k.upper() for k in keys]
-
-    entered, release = threading.Event(), threading.Event()
-
-    def first(conn: sqlite3.Connection) -> None:
-        entered.set()
-        release.wait(5)
-
-    held = asyncio.ensure_future(writer.submit(first, budget=5))
-    assert await asyncio.to_thread(entered.wait, 5)
-    queued = [
-        asyncio.ensure_future(writer.submit_item(insert_all, "a", budget=5)),
-        asyncio.ensure_future(writer.submit_item(insert_all, "b", budget=5)),
-        asyncio.ensure_future(writer.submit(insert("c"), budget=5)),  # another kind between
-        asyncio.ensure_future(writer.submit_item(insert_all, "d", budget=5)),
-        asyncio.ensure_future(writer.submit_item(insert_all, "a", budget=5)),  # fails: a dup
-    ]
-    await asyncio.sleep(0)
-    release.set()
-    await held
-    outcomes = await asyncio.gather(*queued, return_exceptions=True)
-
-    assert outcomes[:4] == ["A", "B", "c", "D"]
-    assert isinstance(outcomes[4], StoreUnavailable)  # alone: the others are written
-    assert rows(database) == ["a", "b", "c", "d"]
-    # Together first (neighbours of one kind in one call), then each alone after the
-    # failure rolled the batch back.
-    assert calls == [["a", "b"], ["d", "a"], ["a"], ["b"], ["d"], ["a"]]
-
-
 async def test_a_held_lock_fails_the_write_by_its_deadline_and_writes_nothing(
     writer: GroupCommit, database: Path
 ) -> None:

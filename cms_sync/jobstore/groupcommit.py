@@ -14,13 +14,6 @@ each request, so that only the failing one fails. Savepoints are not the first t
 because every statement is a round trip for the GIL, which this thread shares with a
 busy event loop: without them a batch takes half the statements.
 
-For the same reason a request may name a *batch function* (:meth:`GroupCommit.submit_item`):
-consecutive requests for one batch function are handed to it together, so that it can
-write them all in a constant number of statements (the deliveries of a batch in three,
-say) instead of a few statements each. Measured at 16 concurrent senders, the statements
-were most of a batch's time: each one gives the GIL back and waits for the busy event
-loop to return it.
-
 Every request carries a deadline. The thread waits for the write lock (the in-process
 one, then SQLite's, held perhaps by another process) at most until the earliest deadline
 of its batch, and fails the batch with :class:`StoreUnavailable` rather than let a
@@ -43,12 +36,6 @@ from typing import Any, Generic, TypeVar
 from cms_sync.errors import StoreUnavailable
 
 T = TypeVar("T")
-Item = TypeVar("Item")
-R = TypeVar("R")
-
-#: Writes several requests' items in the caller's transaction; one outcome per item, in
-#: order. It must not commit; raising fails (and rolls back) the whole call.
-BatchFn = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 
 
 #: How much shorter than the earliest deadline SQLite's busy timeout may be left, rather
@@ -58,8 +45,7 @@ BUSY_SLACK_MS = 250
 
 @dataclass
 class _Request(Generic[T]):
-    run: BatchFn  # requests with the same ``run`` next to each other go in one call
-    item: Any
+    fn: Callable[[sqlite3.Connection], T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
     deadline: float  # time.monotonic()
@@ -98,21 +84,9 @@ class GroupCommit:
             StoreUnavailable: the batch failed, or it could not start within ``budget``
                 seconds (the caller's deadline, kept by the thread).
         """
-        return await self.submit_item(_call_each, fn, budget=budget)
-
-    async def submit_item(
-        self,
-        run: Callable[[sqlite3.Connection, list[Item]], list[R]],
-        item: Item,
-        *,
-        budget: float,
-    ) -> R:
-        """Have ``run`` write ``item`` in the next batch's transaction, together with the
-        items of the requests for the same ``run`` next to it; return its outcome for
-        ``item`` once that is committed. Same errors as :meth:`submit`."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        self._queue.put(_Request(run, item, future, loop, time.monotonic() + budget))
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Request(fn, future, loop, time.monotonic() + budget))
         return await future
 
     def close(self) -> None:
@@ -217,17 +191,11 @@ class GroupCommit:
 
     def _together(self, batch: list[_Request[Any]]) -> list[Any] | None:
         outcomes: list[Any] = []
-        start = 0
-        while start < len(batch):
-            run = batch[start].run
-            end = start + 1
-            while end < len(batch) and batch[end].run is run:
-                end += 1
+        for r in batch:
             try:
-                outcomes += run(self.conn, [r.item for r in batch[start:end]])
+                outcomes.append(r.fn(self.conn))
             except Exception:  # noqa: BLE001 - the isolated run tells who failed
                 return None
-            start = end
         return outcomes
 
     def _isolated(self, batch: list[_Request[Any]]) -> list[Any]:
@@ -236,17 +204,13 @@ class GroupCommit:
         for r in batch:
             conn.execute("SAVEPOINT request")
             try:
-                outcomes += r.run(conn, [r.item])
+                outcomes.append(r.fn(conn))
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
                 conn.execute("ROLLBACK TO request")
                 failure = StoreUnavailable(f"job store: {exc}")
                 outcomes.append(failure if isinstance(exc, sqlite3.Error) else exc)
             conn.execute("RELEASE request")
         return outcomes
-
-
-def _call_each(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], T]]) -> list[T]:
-    return [fn(conn) for fn in fns]
 
 
 def _remaining(batch: list[_Request[Any]]) -> float:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -59,7 +60,6 @@ from cms_sync.jobs import (
     StoreStats,
     run_row,
 )
-from cms_sync.jobstore.ingest import Delivery, first_of_each_key, merge, outcomes
 from cms_sync.records import (
     ANSWERED_LATE,
     ORPHAN_COLUMNS,
@@ -569,13 +569,13 @@ class PostgresJobStore:
     async def accept(
         self, idempotency_key: str | None, requests: Sequence[JobRequest], *, now: float
     ) -> Accepted:
-        merged = merge(requests)
+        merged = _merge(requests)
         if not merged and idempotency_key is None:
             return Accepted()
-        delivery = Delivery(idempotency_key, merged, now)
+        delivery = _Delivery(idempotency_key, merged, now)
         return await self._within(self._ingest_timeout, self._ingest.submit(delivery))
 
-    async def _accept_batch(self, batch: list[Delivery]) -> list[Accepted]:
+    async def _accept_batch(self, batch: list[_Delivery]) -> list[Accepted]:
         """Write deliveries that arrived together, in one statement (the client's work
         per statement is what limits ingest)."""
         if len(batch) == 1:
@@ -583,7 +583,7 @@ class PostgresJobStore:
         return await self.run(lambda conn: _accept_many(conn, batch))
 
     async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
-        merged = merge(requests)
+        merged = _merge(requests)
         ids = [r.document_id for r in merged]
 
         async def write(conn: Conn) -> Accepted:
@@ -885,7 +885,7 @@ class PostgresJobStore:
     async def advance_backfill(
         self, name: str, requests: Sequence[JobRequest], *, cursor: str, now: float
     ) -> Accepted:
-        merged = merge(requests)
+        merged = _merge(requests)
 
         async def write(conn: Conn) -> Accepted:
             rows = await _all(conn, _ACCEPT_UNKEYED, {"now": now, **_arrays(merged, None)})
@@ -1056,19 +1056,26 @@ class PostgresJobStore:
         await self._pool.close()
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    key: str | None
+    requests: list[JobRequest]  # one per document (merged)
+    now: float
+
+
 class _Batcher:
     """Group commit for deliveries: those that arrive while a write is in flight go
     together in the next one. One writer at a time; a batch takes whatever waits."""
 
     def __init__(
-        self, write: Callable[[list[Delivery]], Awaitable[list[Accepted]]], limit: int = 128
+        self, write: Callable[[list[_Delivery]], Awaitable[list[Accepted]]], limit: int = 128
     ) -> None:
         self._write = write
         self._limit = limit
-        self._waiting: list[tuple[Delivery, asyncio.Future[Accepted]]] = []
+        self._waiting: list[tuple[_Delivery, asyncio.Future[Accepted]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def submit(self, delivery: Delivery) -> Accepted:
+    async def submit(self, delivery: _Delivery) -> Accepted:
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._waiting.append((delivery, future))
         if self._writer is None or self._writer.done():
@@ -1095,7 +1102,7 @@ class _Batcher:
                     future.set_result(result)
 
 
-async def _accept_one(conn: Conn, delivery: Delivery) -> Accepted:
+async def _accept_one(conn: Conn, delivery: _Delivery) -> Accepted:
     """One delivery in one statement: the inbox row gates the upsert of its jobs."""
     key, merged = delivery.key, delivery.requests
     params: dict[str, Any] = {"key": key, "now": delivery.now}
@@ -1124,7 +1131,7 @@ async def _accept_one(conn: Conn, delivery: Delivery) -> Accepted:
     )
 
 
-async def _accept_many(conn: Conn, batch: list[Delivery]) -> list[Accepted]:
+async def _accept_many(conn: Conn, batch: list[_Delivery]) -> list[Accepted]:
     """Several deliveries in one statement (one round trip, atomic without BEGIN): their
     keys, then the requests of those whose key was new, merged by document.
 
@@ -1132,14 +1139,22 @@ async def _accept_many(conn: Conn, batch: list[Delivery]) -> list[Accepted]:
     first delivery in the batch to name a document that had no pending job queued it,
     and every later one coalesced into it.
     """
-    live = first_of_each_key(batch)
+    live: list[_Delivery | None] = []
+    seen: set[str] = set()
+    for delivery in batch:
+        if delivery.key is not None and delivery.key in seen:
+            live.append(None)  # the same key twice in one batch: the second is a duplicate
+            continue
+        if delivery.key is not None:
+            seen.add(delivery.key)
+        live.append(delivery)
     requests = [(d.key, r) for d in live if d is not None for r in d.requests]
     rows = await _all(
         conn,
         _ACCEPT_MANY,
         {
             "now": max(d.now for d in batch),
-            "keys": sorted({d.key for d in live if d is not None and d.key is not None}),
+            "keys": sorted(seen),
             "docs": [r.document_id for _, r in requests],
             "ops": [r.operation for _, r in requests],
             "nbs": [r.not_before for _, r in requests],
@@ -1149,7 +1164,16 @@ async def _accept_many(conn: Conn, batch: list[Delivery]) -> list[Accepted]:
     )
     fresh = {row["name"] for row in rows if row["kind"] == "key"}
     new = {row["name"]: row["new"] for row in rows if row["kind"] == "doc"}
-    return outcomes(live, fresh, new)
+    results = []
+    for written in live:
+        if written is None or (written.key is not None and written.key not in fresh):
+            results.append(Accepted(duplicate=True))
+            continue
+        docs = [r.document_id for r in written.requests]
+        queued = tuple(doc for doc in docs if new.pop(doc, False))
+        coalesced = tuple(doc for doc in docs if doc not in queued)
+        results.append(Accepted(queued=queued, coalesced=coalesced))
+    return results
 
 
 # -- statements ---------------------------------------------------------------------------
@@ -1241,6 +1265,25 @@ _CLAIM = (
     "lease_owner = %(owner)s, lease_until = %(until)s, updated_at = %(now)s "
     "FROM next WHERE jobs.id = next.id RETURNING jobs.*"
 )
+
+
+def _merge(requests: Sequence[JobRequest]) -> list[JobRequest]:
+    """One request per document, in first-seen order, folded as the store would fold
+    them one after another (newest operation, latest ``not_before``, last source)."""
+    merged: dict[str, JobRequest] = {}
+    for r in requests:
+        prior = merged.get(r.document_id)
+        if prior is None:
+            merged[r.document_id] = r
+            continue
+        times = [t for t in (prior.not_before, r.not_before) if t is not None]
+        merged[r.document_id] = JobRequest(
+            r.document_id,
+            r.operation or prior.operation,
+            max(times) if times else None,
+            r.source,
+        )
+    return list(merged.values())
 
 
 def _arrays(requests: Sequence[JobRequest], key: str | None) -> dict[str, list[Any]]:

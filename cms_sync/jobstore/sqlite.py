@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import sqlite3
 import threading
@@ -45,7 +44,6 @@ from cms_sync.jobs import (
     run_row,
 )
 from cms_sync.jobstore.groupcommit import GroupCommit
-from cms_sync.jobstore.ingest import Delivery, first_of_each_key, merge, outcomes
 from cms_sync.records import (
     ANSWERED_LATE,
     ORPHAN_COLUMNS,
@@ -517,17 +515,18 @@ class SQLiteJobStore:
     async def accept(
         self, idempotency_key: str | None, requests: Sequence[JobRequest], *, now: float
     ) -> Accepted:
-        merged = merge(requests)
-        if not merged and idempotency_key is None:
-            return Accepted()
-        delivery = Delivery(idempotency_key, merged, now)
-        try:  # the group commit keeps the deadline; this bounds a disk that hangs
-            async with asyncio.timeout(self._ingest_timeout + 1.0):
-                return await self._ingest.submit_item(
-                    _accept_batch, delivery, budget=self._ingest_timeout
-                )
-        except TimeoutError:
-            raise StoreUnavailable("job store: the write did not finish in time") from None
+        def write(conn: sqlite3.Connection) -> Accepted:
+            if idempotency_key is not None:
+                inserted = conn.execute(
+                    "INSERT INTO inbox (idempotency_key, received_at) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (idempotency_key, now),
+                ).rowcount
+                if not inserted:
+                    return Accepted(duplicate=True)
+            return _queue(conn, requests, now=now, clear_failed=False, delivery_id=idempotency_key)
+
+        return await self._ingest_write(write, self._ingest_timeout)
 
     async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
         requests = list({r.document_id: r for r in reversed(requests)}.values())[::-1]
@@ -977,80 +976,6 @@ def _update_owned(
             (*params, job.id, job.lease_owner),
         ).rowcount
     )
-
-
-def _accept_batch(conn: sqlite3.Connection, batch: list[Delivery]) -> list[Accepted]:
-    """Deliveries that arrived together, written in at most three statements whatever
-    their number (see :mod:`.ingest` for what each one's outcome is). Each statement is
-    a round trip for the GIL through the busy event loop, so their count, not their size,
-    is what a batch costs."""
-    live = first_of_each_key(batch)
-    keys = [(d.key, d.now) for d in live if d is not None and d.key is not None]
-    docs = {r.document_id for d in live if d is not None for r in d.requests}
-    seen, pending = conn.execute(
-        _ACCEPT_LOOKUP, (json.dumps([k for k, _ in keys]), json.dumps(sorted(docs)))
-    ).fetchone()
-    seen_keys = set(json.loads(seen))
-    fresh = {k for k, _ in keys if k not in seen_keys}
-    if fresh:
-        conn.execute(_INBOX_ROWS, (json.dumps([(k, t) for k, t in keys if k in fresh]),))
-    rows: dict[str, list[Any]] = {}  # document -> [doc, op, nb, src, did, first now, last now]
-    for d in live:
-        if d is None or (d.key is not None and d.key not in fresh):
-            continue
-        for r in d.requests:
-            row = rows.get(r.document_id)
-            if row is None:
-                rows[r.document_id] = [
-                    r.document_id,
-                    r.operation,
-                    r.not_before,
-                    r.source.value,
-                    d.key,
-                    d.now,
-                    d.now,
-                ]
-                continue
-            times = [t for t in (row[2], r.not_before) if t is not None]
-            row[1] = r.operation or row[1]
-            row[2] = max(times) if times else None
-            row[4] = d.key or row[4]
-            row[6] = d.now
-    if rows:
-        conn.execute(_UPSERT_ROWS, (json.dumps(list(rows.values())),))
-    was_pending = set(json.loads(pending))
-    return outcomes(live, fresh, {doc: doc not in was_pending for doc in rows})
-
-
-#: Which of the batch's keys are known, and which of its documents have a pending job:
-#: one row, so one step (each row would be another round trip for the GIL).
-_ACCEPT_LOOKUP = (
-    "SELECT (SELECT json_group_array(idempotency_key) FROM inbox "
-    "  WHERE idempotency_key IN (SELECT value FROM json_each(?))), "
-    "(SELECT json_group_array(document_id) FROM jobs "
-    "  WHERE state = 'pending' AND document_id IN (SELECT value FROM json_each(?)))"
-)
-#: The new keys, as [key, received at] pairs.
-_INBOX_ROWS = (
-    "INSERT INTO inbox (idempotency_key, received_at) "
-    "SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE TRUE ON CONFLICT DO NOTHING"
-)
-#: One row per document (merged), as [doc, op, nb, src, did, first now, last now]: a new
-#: pending job, or folded into the pending one as ``_queue`` folds a delivery (the
-#: backoff, source and attempts left alone).
-_UPSERT_ROWS = (
-    "INSERT INTO jobs (document_id, state, run_after, operation, not_before, source, "
-    "delivery_id, created_at, updated_at) "
-    "SELECT value ->> 0, 'pending', value ->> 5, value ->> 1, value ->> 2, value ->> 3, "
-    "value ->> 4, value ->> 5, value ->> 6 FROM json_each(?) WHERE TRUE "
-    "ON CONFLICT (document_id) WHERE state = 'pending' DO UPDATE SET "
-    "updated_at = excluded.updated_at, read_retries = 0, "
-    "operation = coalesce(excluded.operation, operation), "
-    "not_before = CASE WHEN excluded.not_before IS NULL THEN not_before "
-    "  WHEN not_before IS NULL THEN excluded.not_before "
-    "  ELSE max(not_before, excluded.not_before) END, "
-    "delivery_id = coalesce(excluded.delivery_id, delivery_id)"
-)
 
 
 def _queue(
