@@ -8,11 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 from structlog.testing import capture_logs
 
 from cms_sync import signature
 from cms_sync.app import create_app
 from cms_sync.errors import ConfigError, StoreUnavailable
+from cms_sync.handlers.webhooks import plain_headers
 from cms_sync.jobs import Accepted, JobState
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.mapping import default_mapping
@@ -272,3 +274,12 @@ def test_documents_per_delivery_are_capped_413(tmp_path: Path) -> None:
         # The key was not used up: a delivery within the cap with it is queued.
         within = post(client, {"ids": {"created": [], "updated": ids[:100], "deleted": []}})
         assert within.status_code == 202
+
+
+def test_a_repeated_header_is_read_as_its_first_value() -> None:
+    # The handler reads headers from a plain dict; it must answer as Starlette's
+    # Headers.get does: the first of repeated names, names lower-cased by the server.
+    raw = [(b"idempotency-key", b"first"), (b"host", b"h"), (b"idempotency-key", b"second")]
+    request = Request({"type": "http", "headers": raw})
+    assert plain_headers(request)["idempotency-key"] == "first"
+    assert plain_headers(request)["idempotency-key"] == request.headers.get("idempotency-key")
