@@ -1,7 +1,7 @@
 """Ingest benchmark: signed deliveries to ``cms-sync serve`` beside a bare Starlette endpoint.
 
-    python bench/ingest.py [--seconds 5] [--concurrency 1,16,64] [--parser httptools,h11]
-                           [--upstream-latency 0.04] [--documents 300]
+    python bench/ingest.py [--seconds 5] [--slices 4] [--concurrency 1,16,64]
+                           [--parser httptools,h11] [--upstream-latency 0.04] [--documents 300]
                            [--database sqlite,postgresql://postgres@127.0.0.1:5432/postgres]
 
 One run starts the Sanity and Filestack fakes (each Sanity call taking
@@ -10,11 +10,12 @@ parser and store: ``cms-sync serve`` (SQLite in a fresh directory under the curr
 so on the real disk; or, for a ``postgresql://`` URL in ``--database``, a fresh database
 on that server, dropped afterwards) and a bare Starlette endpoint under the same uvicorn
 set-up (asyncio loop, same parser) that reads the body and answers 202. The same client
-(keep-alive HTTP/1.1 connections, one per concurrent sender, in this process) sends the same signed
-deliveries to each for ``--seconds`` per level: the bare endpoint first, while the
-service is stopped (SIGSTOP) so that its worker takes no CPU; then the service, with
-its worker busy syncing what the deliveries queue (300 documents, each delivery for a
-random one). It prints one table:
+(keep-alive HTTP/1.1 connections, one per concurrent sender, in this process) sends the
+same signed deliveries to each for ``--seconds`` per level, in ``--slices`` alternating
+slices (bare, service, bare, ...: a host whose speed drifts during the level slows both
+alike): the bare endpoint while the service is stopped (SIGSTOP) so that its worker
+takes no CPU; the service with its worker busy syncing what the deliveries queue (300
+documents, each delivery for a random one). It prints one table:
 throughput of each, their ratio, latency percentiles, and the worker's Sanity queries per
 second during the service's run. Every 202 from the service is fsync'd before it is sent.
 It is a benchmark, not a test: numbers depend on the machine and its load; the ratio is
@@ -174,6 +175,11 @@ class Result:
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
 
+    def add(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.statuses.update(other.statuses)
+        self.seconds += other.seconds
+
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
@@ -329,18 +335,24 @@ def _measure(
         for seed, level in enumerate(levels):
             requests = deliveries(doc_ids, seed)
             warm_up = min(1.0, args.seconds)
-            # The service is stopped (SIGSTOP) while the bare endpoint is measured, so that
-            # its worker takes nothing from the machine then.
-            procs[1].send_signal(signal.SIGSTOP)
-            try:
-                asyncio.run(load(bare_port, requests, level, warm_up))
-                bare = asyncio.run(load(bare_port, requests, level, args.seconds))
-            finally:
-                procs[1].send_signal(signal.SIGCONT)
-            asyncio.run(load(service_port, requests, level, warm_up))  # the worker gets busy
-            before = fake_calls(urls["sanity"])
-            ours = asyncio.run(load(service_port, requests, level, args.seconds))
-            queries = fake_calls(urls["sanity"])["query"] - before["query"]
+            slice_seconds = args.seconds / args.slices
+            bare, ours, queries = Result(), Result(), 0
+            # Alternating slices, so that a host that slows down or speeds up during the
+            # level does so for both servers alike. The service is stopped (SIGSTOP) while
+            # the bare endpoint is measured, so that its worker takes nothing then.
+            for n in range(args.slices):
+                procs[1].send_signal(signal.SIGSTOP)
+                try:
+                    if n == 0:
+                        asyncio.run(load(bare_port, requests, level, warm_up))
+                    bare.add(asyncio.run(load(bare_port, requests, level, slice_seconds)))
+                finally:
+                    procs[1].send_signal(signal.SIGCONT)
+                if n == 0:  # the worker gets busy
+                    asyncio.run(load(service_port, requests, level, warm_up))
+                before = fake_calls(urls["sanity"])
+                ours.add(asyncio.run(load(service_port, requests, level, slice_seconds)))
+                queries += fake_calls(urls["sanity"])["query"] - before["query"]
             rows.append(Row(parser, store, level, ours, bare, queries / ours.seconds))
         return rows
     finally:
@@ -350,6 +362,13 @@ def _measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per level and server")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=4,
+        help="the seconds of each level are taken in this many alternating slices "
+        "(bare, service, bare, ...)",
+    )
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
     parser.add_argument("--documents", type=int, default=300, help="documents in the fake")
     parser.add_argument(
