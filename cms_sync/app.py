@@ -23,7 +23,7 @@ from cms_sync.events import Fanout, LogEvents
 from cms_sync.handlers.filestack import filestack_webhook
 from cms_sync.handlers.health import healthz, readyz
 from cms_sync.handlers.metrics import metrics
-from cms_sync.handlers.webhooks import sanity_webhook
+from cms_sync.handlers.webhooks import SanityWebhook
 from cms_sync.mapping import MediaMapping
 from cms_sync.metrics import Metrics
 from cms_sync.operator import OperatorOptions, operator_app
@@ -154,7 +154,7 @@ def create_app(
                     await worker.stop()
 
     routes = [
-        Route("/webhooks/sanity", sanity_webhook, methods=["POST"]),
+        Route("/webhooks/sanity", SanityWebhook(), methods=["POST"]),
         Route("/webhooks/filestack", filestack_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

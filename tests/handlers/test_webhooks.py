@@ -281,5 +281,5 @@ def test_a_repeated_header_is_read_as_its_first_value() -> None:
     # Headers.get does: the first of repeated names, names lower-cased by the server.
     raw = [(b"idempotency-key", b"first"), (b"host", b"h"), (b"idempotency-key", b"second")]
     request = Request({"type": "http", "headers": raw})
-    assert plain_headers(request)["idempotency-key"] == "first"
-    assert plain_headers(request)["idempotency-key"] == request.headers.get("idempotency-key")
+    assert plain_headers(request.scope)["idempotency-key"] == "first"
+    assert plain_headers(request.scope)["idempotency-key"] == request.headers.get("idempotency-key")
