@@ -31,16 +31,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cms_sync.errors import StoreUnavailable
+from cms_sync.jobstore.ingest_writer import BUSY_SLACK_MS
 
 T = TypeVar("T")
 
 
-#: How much shorter than the earliest deadline SQLite's busy timeout may be left, rather
-#: than set again: a batch given up that much early gets a 503 and is retried by Sanity.
-BUSY_SLACK_MS = 250
+class Lock(Protocol):
+    """A lock with a timeout: :class:`~.writelock.WriteLock`, or a thread lock."""
+
+    def acquire(self, *, timeout: float) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -57,17 +61,17 @@ class GroupCommit:
 
     Args:
         conn: the connection, used only by this object's thread from now on.
-        write_lock: taken around every write transaction by every connection of this
-            process to the database, so in-process writers hand over at once instead of
-            polling SQLite's busy handler.
+        write_lock: taken around every write transaction by every writer of the
+            database (:class:`~.writelock.WriteLock`), so that writers hand over at once
+            instead of polling SQLite's busy handler.
         check: called on the thread before each batch; raises StoreUnavailable when the
             store must not be written (its file is gone, say).
     """
 
     conn: sqlite3.Connection
-    write_lock: threading.Lock
+    write_lock: Lock
     check: Callable[[], None] = lambda: None
-    name: str = "cms-sync-ingest"
+    name: str = "cms-sync-writes"
     batches: int = 0  # transactions committed; for benchmarks and tests
     _queue: queue.SimpleQueue[_Request[Any] | None] = field(default_factory=queue.SimpleQueue)
     _thread: threading.Thread | None = None

@@ -1,10 +1,11 @@
 """The embedded job store: SQLite in WAL mode with ``synchronous=FULL``.
 
-Transactions run whole on threads of the store's own (one for deliveries, one for the
-rest), so the event loop never blocks on disk; other processes (an operator's
-``cms-sync replay`` beside ``cms-sync serve``) are serialised by SQLite's own locking. A
-commit returns only once it is on disk, so a job the webhook acknowledged survives a
-crash of the process (or of the machine).
+Deliveries are written by a process of their own (:mod:`.ingest_writer`); every other
+write runs whole on a thread of the store's own, and reads on another, so the event loop
+never blocks on disk. Writers take turns through :class:`.writelock.WriteLock`, and
+other programs are kept out by SQLite's own locking. A commit returns only once it is on
+disk, so a job the webhook acknowledged survives a crash of the process (or of the
+machine).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +43,10 @@ from cms_sync.jobs import (
     StoreStats,
     run_row,
 )
+from cms_sync.jobstore import ingest_writer
 from cms_sync.jobstore.groupcommit import GroupCommit
+from cms_sync.jobstore.ingest_process import IngestProcess
+from cms_sync.jobstore.writelock import WriteLock, lock_path
 from cms_sync.records import (
     ANSWERED_LATE,
     ORPHAN_COLUMNS,
@@ -244,10 +247,13 @@ def _connect(path: Path, busy_timeout: float, create: bool = True) -> _Opened:
         _migrate(conn)
     conn.executescript(_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    ingest = _connection(path, busy_timeout, create=False)
     writes = _connection(path, busy_timeout, create=False)
     stat = os.stat(path)
-    return _Opened(conn, ingest, writes, (stat.st_dev, stat.st_ino))
+    try:
+        lock = WriteLock(lock_path(path))
+    except OSError as exc:
+        raise ConfigError(f"CMS_SYNC_DATABASE: cannot open {lock_path(path)}: {exc}") from None
+    return _Opened(conn, writes, lock, (stat.st_dev, stat.st_ino))
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -277,8 +283,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 @dataclass(frozen=True)
 class _Opened:
     conn: sqlite3.Connection  # reads, on the executor's thread
-    ingest: sqlite3.Connection  # the webhook's acceptances, group-committed
-    writes: sqlite3.Connection  # every other write, group-committed
+    writes: sqlite3.Connection  # every write but deliveries, group-committed
+    lock: WriteLock  # taken by every writer of the database
     identity: tuple[int, int]  # (device, inode) of the file at the configured path
 
 
@@ -387,11 +393,12 @@ class SQLiteAssetRecords:
 class SQLiteJobStore:
     """:class:`~cms_sync.jobs.JobStore` on one SQLite file.
 
-    Two connections under WAL: deliveries are written through a group commit on a
-    connection and thread of their own (:mod:`cms_sync.jobstore.groupcommit`), so an
-    acknowledgement never queues behind the worker's reads and writes on the other. Both
-    take one in-process write lock around their transactions; SQLite's lock (and
-    ``busy_timeout``) serialises writers in other processes.
+    Under WAL: deliveries are written by the ingest writer's process on a connection of
+    its own (:mod:`.ingest_writer`), so an acknowledgement never queues behind the
+    worker's reads and writes; those run on two more connections here, the writes
+    through a group commit (:mod:`.groupcommit`). Every writer takes the database's
+    :class:`~.writelock.WriteLock` around its transactions; SQLite's lock (and
+    ``busy_timeout``) keeps out other programs.
 
     Before any work the store checks that the file it has open is still the file at the
     configured path (device and inode). Once it is not (deleted, its directory removed,
@@ -413,12 +420,11 @@ class SQLiteJobStore:
         self._conn = opened.conn
         self._identity = opened.identity
         self._executor = executor
-        self._write_lock = threading.Lock()
+        self._write_lock = opened.lock
         self._lost: str | None = None
         self._ingest_timeout = ingest_timeout
         self._write_timeout = write_timeout
-        self._ingest = GroupCommit(opened.ingest, self._write_lock, check=self._check_file)
-        self._ingest.start()
+        self._ingest = IngestProcess(path, opened.identity, on_lost=self._ingest_lost)
         self._writes = GroupCommit(
             opened.writes, self._write_lock, check=self._check_file, name="cms-sync-writes"
         )
@@ -504,29 +510,25 @@ class SQLiteJobStore:
         """
         return await self._writes.submit(fn, budget=self._write_timeout)
 
-    async def _ingest_write(self, fn: Callable[[sqlite3.Connection], T], budget: float) -> T:
-        try:  # the group commit keeps the deadline; this bounds a disk that hangs
-            async with asyncio.timeout(budget + 1.0):
-                return await self._ingest.submit(fn, budget=budget)
-        except TimeoutError:
-            raise StoreUnavailable("job store: the write did not finish in time") from None
+    def _ingest_lost(self, message: str) -> None:
+        """The ingest writer found the file replaced or gone: so is the store, for all."""
+        if self._lost is None:
+            self._lost = message
+            log.error("job_store_lost", path=str(self._path), problem=message)
 
     # -- deliveries and queueing ------------------------------------------------------
     async def accept(
         self, idempotency_key: str | None, requests: Sequence[JobRequest], *, now: float
     ) -> Accepted:
-        def write(conn: sqlite3.Connection) -> Accepted:
-            if idempotency_key is not None:
-                inserted = conn.execute(
-                    "INSERT INTO inbox (idempotency_key, received_at) VALUES (?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    (idempotency_key, now),
-                ).rowcount
-                if not inserted:
-                    return Accepted(duplicate=True)
-            return _queue(conn, requests, now=now, clear_failed=False, delivery_id=idempotency_key)
-
-        return await self._ingest_write(write, self._ingest_timeout)
+        if idempotency_key is None and not requests:
+            return Accepted()
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
+        jobs = [[r.document_id, r.operation, r.not_before, r.source.value] for r in requests]
+        duplicate, queued, coalesced = await self._ingest.request(
+            ["accept", idempotency_key, now, jobs], time.monotonic() + self._ingest_timeout
+        )
+        return Accepted(duplicate=duplicate, queued=tuple(queued), coalesced=tuple(coalesced))
 
     async def enqueue(self, requests: Sequence[JobRequest], *, now: float) -> Accepted:
         requests = list({r.document_id: r for r in reversed(requests)}.values())[::-1]
@@ -599,7 +601,8 @@ class SQLiteJobStore:
             return Confirmation(Confirmed.RECORDED, queued=tuple(waiting))
 
         # a notification is ingest: bounded like a delivery, so Filestack gets a 503 in time
-        return await self._ingest_write(write, self._ingest_timeout)
+        # A notice is bounded like a delivery: a held lock gets a 503 in time.
+        return await self._writes.submit(write, budget=self._ingest_timeout)
 
     async def orphans(self) -> tuple[list[Orphan], list[UnseenCopies]]:
         def read(conn: sqlite3.Connection) -> tuple[list[Orphan], list[UnseenCopies]]:
@@ -892,16 +895,12 @@ class SQLiteJobStore:
         return await self.run(read)
 
     async def check_writable(self, *, budget: float) -> None:
-        def probe(conn: sqlite3.Connection) -> None:
-            # Larger than a delivery's write: on a nearly full disk a probe that fits
-            # where a delivery does not would say "ready" falsely.
-            conn.execute(
-                "INSERT INTO probe (id, at, pad) VALUES (1, :at, zeroblob(:pad)) "
-                "ON CONFLICT (id) DO UPDATE SET at = :at, pad = zeroblob(:pad)",
-                {"at": time.time(), "pad": _PROBE_BYTES},
-            )
-
-        await self._ingest_write(probe, budget)
+        # Written the way deliveries are (by the ingest writer), and larger than a
+        # delivery's write: on a nearly full disk a probe that fits where a delivery does
+        # not would say "ready" falsely.
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
+        await self._ingest.request(["probe", time.time(), _PROBE_BYTES], time.monotonic() + budget)
 
     async def prune(self, *, before: float) -> None:
         def write(conn: sqlite3.Connection) -> None:
@@ -958,10 +957,11 @@ class SQLiteJobStore:
         """SQLite cannot tell: another process's jobs are found by polling."""
 
     async def close(self) -> None:
+        await self._ingest.close()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._ingest.close)
         await loop.run_in_executor(self._executor, self._writes.close)
         await loop.run_in_executor(self._executor, self._conn.close)
+        await loop.run_in_executor(self._executor, self._write_lock.close)
         self._executor.shutdown(wait=True)
 
 
@@ -986,59 +986,26 @@ def _queue(
     clear_failed: bool,
     delivery_id: str | None = None,
 ) -> Accepted:
-    queued: list[str] = []
-    coalesced: list[str] = []
-    for event in requests:
-        if clear_failed:
+    """Queue each request (as the ingest writer queues a delivery's); a replay
+    (``clear_failed``) also forgets the document's failure and resets the cap on the
+    unanswered stores of its assets."""
+    if clear_failed:
+        for event in requests:
             conn.execute(
                 "DELETE FROM jobs WHERE document_id = ? AND state = 'failed'", (event.document_id,)
             )
-            # Replay resets the cap on unanswered stores of the document's assets.
             conn.execute(
                 "UPDATE store_attempts SET attempts = 0 WHERE asset_id IN ("
                 "  SELECT asset_id FROM store_attempt_documents WHERE document_id = ?)",
                 (event.document_id,),
             )
-        # A delivery for a job that is backing off leaves the backoff alone (an editor
-        # saving every second must not make a conflicting job due every second); a
-        # replay is an operator's say-so: due now, attempts from zero.
-        updated = conn.execute(
-            "UPDATE jobs SET run_after = CASE WHEN :reset THEN :now ELSE run_after END, "
-            "updated_at = :now, read_retries = 0, operation = coalesce(:op, operation), "
-            "not_before = CASE WHEN :tt IS NULL THEN not_before "
-            "  WHEN not_before IS NULL THEN :tt ELSE max(not_before, :tt) END, "
-            "source = CASE WHEN :reset THEN :source ELSE source END, "
-            "delivery_id = CASE WHEN :reset THEN :did ELSE coalesce(:did, delivery_id) END, "
-            "attempts = CASE WHEN :reset THEN 0 ELSE attempts END "
-            "WHERE document_id = :doc AND state = 'pending'",
-            {
-                "now": now,
-                "op": event.operation,
-                "tt": event.not_before,
-                "source": event.source.value,
-                "reset": clear_failed,
-                "doc": event.document_id,
-                "did": delivery_id,
-            },
-        ).rowcount
-        if updated:
-            coalesced.append(event.document_id)
-            continue
-        conn.execute(
-            "INSERT INTO jobs (document_id, state, run_after, operation, not_before, source, "
-            "delivery_id, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.document_id,
-                now,
-                event.operation,
-                event.not_before,
-                event.source.value,
-                delivery_id,
-                now,
-                now,
-            ),
-        )
-        queued.append(event.document_id)
+    queued, coalesced = ingest_writer.queue(
+        conn,
+        [(r.document_id, r.operation, r.not_before, r.source.value) for r in requests],
+        now=now,
+        reset=clear_failed,
+        delivery_id=delivery_id,
+    )
     return Accepted(queued=tuple(queued), coalesced=tuple(coalesced))
 
 
