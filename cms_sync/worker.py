@@ -166,9 +166,14 @@ class Worker:
         return self._dispatcher is not None and not self._dispatcher.done()
 
     def wake(self) -> None:
-        """Something was queued: look for work now rather than at the next poll."""
+        """Something was queued: look for work now rather than at the next poll.
+
+        With every slot taken there is nothing to do until a job ends (which wakes the
+        dispatcher itself): a busy worker is not woken once per delivery for nothing.
+        """
         self.idle.clear()
-        self._wake.set()
+        if len(self._tasks) < self._options.concurrency:
+            self._wake.set()
 
     async def stop(self) -> None:
         """Stop claiming; give running jobs the grace period; release the rest."""
