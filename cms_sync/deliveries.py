@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ def id_problem(document_id: str) -> str | None:
         return f"not a Sanity document id: longer than {MAX_ID_LENGTH} characters"
     if not _ID.match(document_id):
         return "not a Sanity document id: only letters, digits, '.', '_' and '-' are allowed"
-    if any(segment.startswith("-") for segment in document_id.split(".")):
+    if document_id[0] == "-" or ".-" in document_id:
         return "not a Sanity document id: a path segment starts with '-'"
     return None
 
@@ -102,6 +102,31 @@ def parse_delivery(
             anywhere, or none that is a Sanity document id.
         DeliveryTooLarge: more than ``max_documents`` distinct ids.
     """
+    data = _load(body)
+    header_op = (headers.get("sanity-operation") or "").strip().lower() or None
+    when = parse_timestamp(headers.get("sanity-transaction-time"))
+    key = (headers.get("idempotency-key") or "").strip() or None
+    if "ids" in data and "_id" not in data:
+        candidates = [(doc_id, None, op) for doc_id, op in _legacy_ids(data["ids"])]
+        return _many(candidates, when, key, mapping, max_documents)
+    # A GROQ-powered webhook (every delivery Sanity sends today): one document.
+    doc_id = data.get("_id") or headers.get("sanity-document-id")
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        raise MalformedDelivery("no document id in the body or sanity-document-id")
+    doc_id = doc_id.strip()
+    problem = id_problem(doc_id)
+    if problem is not None:
+        raise MalformedDelivery(f"{shown_id(doc_id)!r}: {problem}")
+    doc_type = data.get("_type")
+    reason = _skip_reason(
+        doc_id, doc_type if isinstance(doc_type, str) else None, header_op, mapping
+    )
+    if reason is not None:
+        return Delivery(key, (), ((shown_id(doc_id), reason),))
+    return Delivery(key, (JobRequest(doc_id, header_op, when, JobSource.WEBHOOK),), ())
+
+
+def _load(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -110,18 +135,17 @@ def parse_delivery(
         raise MalformedDelivery("body is nested too deeply") from None
     if not isinstance(data, dict):
         raise MalformedDelivery("body is not a JSON object")
-    header_op = (headers.get("sanity-operation") or "").strip().lower() or None
-    when = parse_timestamp(headers.get("sanity-transaction-time"))
+    return data
 
-    candidates: list[tuple[str, str | None, str | None]]  # (id, type, operation)
-    if "ids" in data and "_id" not in data:
-        candidates = [(doc_id, None, op) for doc_id, op in _legacy_ids(data["ids"])]
-    else:
-        doc_id = data.get("_id") or headers.get("sanity-document-id")
-        doc_type = data.get("_type")
-        if not isinstance(doc_id, str) or not doc_id.strip():
-            raise MalformedDelivery("no document id in the body or sanity-document-id")
-        candidates = [(doc_id.strip(), doc_type if isinstance(doc_type, str) else None, header_op)]
+
+def _many(
+    candidates: Sequence[tuple[str, str | None, str | None]],
+    when: float | None,
+    key: str | None,
+    mapping: MediaMapping,
+    max_documents: int,
+) -> Delivery:
+    """A legacy delivery's ids: each queued once, or ignored with its reason."""
     if not candidates:
         raise MalformedDelivery("no document id in 'ids'")
     distinct = len({doc_id for doc_id, _, _ in candidates})
@@ -139,5 +163,4 @@ def parse_delivery(
             ignored.append((shown_id(doc_id), reason))
         elif doc_id not in requests:
             requests[doc_id] = JobRequest(doc_id, operation, when, JobSource.WEBHOOK)
-    key = (headers.get("idempotency-key") or "").strip() or None
     return Delivery(idempotency_key=key, requests=tuple(requests.values()), ignored=tuple(ignored))
