@@ -206,6 +206,8 @@ class LogEvents:
     def emit(self, event: Event) -> None:
         log = self._log
         match event:
+            case DeliveryEnded():  # first: one for every delivery
+                self._delivery_ended(event)
             case JobEnded():
                 self._job_ended(event)
             case SyncEnded(error=str(error)):
@@ -227,8 +229,6 @@ class LogEvents:
                     attempts=event.attempts,
                     error=event.error,
                 )
-            case DeliveryEnded():
-                self._delivery_ended(event)
             case NoticeEnded():
                 self._notice_ended(event)
 

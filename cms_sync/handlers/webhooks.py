@@ -92,11 +92,14 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+#: Starlette's ``JSONResponse`` encoding, made once (``json.dumps`` with options other
+#: than the defaults builds an encoder for every call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _json(content: object) -> bytes:
     """The bytes Starlette's ``JSONResponse`` would send."""
-    return json.dumps(
-        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
+    return _ENCODER.encode(content).encode("utf-8")
 
 
 class SanityWebhook:
