@@ -3,7 +3,6 @@ when nothing is written. (Its process and the service's end: test_ingest_process
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -114,6 +113,8 @@ def test_frames_are_read_whole_however_the_bytes_arrive() -> None:
         assert found == values and not frames.partial
 
 
-def test_a_frame_longer_than_the_limit_is_refused() -> None:
+def test_a_frame_longer_than_the_limit_or_garbled_is_refused() -> None:
     with pytest.raises(ValueError, match="frame"):
-        Frames().feed((2**31).to_bytes(4, "big") + json.dumps([]).encode())
+        Frames().feed((2**31).to_bytes(4, "big") + frame([])[4:])
+    with pytest.raises(ValueError, match="not one value"):
+        Frames().feed((3).to_bytes(4, "big") + b"\xff\x00\x01")

@@ -22,13 +22,15 @@ that the file at the path is still the one it opened (device and inode); once it
 every answer is "lost".
 
 The protocol: frames on standard input and output, each a 4-byte big-endian length and
-that many bytes of JSON. The writer's first frame is ``["ready"]`` (or ``["failed",
-why]`` before it exits). Each request frame is a list of requests; each answer frame a
-list of outcomes, one for each request of the batch in order, ``["ok", result]``,
-``["unavailable", why]`` or ``["lost", why]``. Requests:
+that many bytes of :mod:`marshal` (lists, strings, numbers, booleans and None; both ends
+are the same interpreter, and marshal costs a fifth of what JSON does). The writer's
+first frame is ``["ready"]`` (or ``["failed", why]`` before it exits). Each request
+frame is a list of requests; each answer frame a list of outcomes, one for each request
+of the batch in order, ``["ok", result]``, ``["unavailable", why]`` or ``["lost", why]``.
+Requests:
 
 - ``["accept", deadline, key, now, [[document, operation, not_before, source], ...]]``:
-  a delivery: its idempotency key (or null), then its jobs, queued or folded into the
+  a delivery: its idempotency key (or None), then its jobs, queued or folded into the
   document's pending job; the result is ``[duplicate, queued, coalesced]``;
 - ``["probe", deadline, now, size]``: rewrite ``/readyz``'s row of ``size`` bytes.
 
@@ -40,7 +42,7 @@ Standard library only, so that it starts in a few tens of milliseconds.
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import signal
 import sqlite3
@@ -137,7 +139,7 @@ def probe(conn: sqlite3.Connection, now: float, size: int) -> None:
 
 # -- frames -----------------------------------------------------------------------------
 def frame(value: Any) -> bytes:
-    data = json.dumps(value, separators=(",", ":")).encode()
+    data = marshal.dumps(value)
     return _LENGTH.pack(len(data)) + data
 
 
@@ -151,7 +153,7 @@ class Frames:
         """The frames ``data`` completes, decoded.
 
         Raises:
-            ValueError: a frame longer than :data:`MAX_FRAME`, or not JSON.
+            ValueError: a frame longer than :data:`MAX_FRAME`, or not one value.
         """
         self._buffer += data
         found = []
@@ -162,7 +164,11 @@ class Frames:
             end = _LENGTH.size + length
             if len(self._buffer) < end:
                 break
-            found.append(json.loads(self._buffer[_LENGTH.size : end]))
+            # Only ever from the other end of our own pipe, the same interpreter.
+            try:
+                found.append(marshal.loads(self._buffer[_LENGTH.size : end]))  # noqa: S302
+            except (ValueError, EOFError, TypeError) as exc:
+                raise ValueError(f"a frame that is not one value: {exc}") from None
             self._buffer = self._buffer[end:]
         return found
 
