@@ -3,6 +3,7 @@
     python bench/ingest.py [--seconds 5] [--slices 4] [--concurrency 1,16,64]
                            [--parser httptools,h11] [--upstream-latency 0.04] [--documents 300]
                            [--database sqlite,postgresql://postgres@127.0.0.1:5432/postgres]
+                           [--against DIR]
 
 One run starts the Sanity and Filestack fakes (each Sanity call taking
 ``--upstream-latency`` seconds, each store six times as long), then, for each HTTP
@@ -18,8 +19,10 @@ takes no CPU; the service with its worker busy syncing what the deliveries queue
 documents, each delivery for a random one). It prints one table:
 throughput of each, their ratio, latency percentiles, and the worker's Sanity queries per
 second during the service's run. Every 202 from the service is fsync'd before it is sent.
-It is a benchmark, not a test: numbers depend on the machine and its load; the ratio is
-the figure to compare.
+``--against DIR`` also starts ``cms-sync serve`` from another checkout (``PYTHONPATH=DIR``,
+a ``git worktree`` of an older commit, say) and measures it in the same slices, so that a
+change is seen side by side with what it changed. It is a benchmark, not a test: numbers
+depend on the machine and its load; the ratio is the figure to compare.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -267,6 +270,7 @@ class Row:
     ours: Result
     bare: Result
     syncs: float  # the worker's Sanity queries per second while ours was measured
+    theirs: Result | None = None  # the service of --against, when given
 
 
 def measure(
@@ -277,18 +281,55 @@ def measure(
     work: Path,
     args: argparse.Namespace,
 ) -> list[Row]:
-    """Start the service (on ``database``) and the bare endpoint with ``parser``; measure
+    """Start the service (on ``database``), the bare endpoint and, with ``--against``,
+    the other checkout's service (on a database of its own) with ``parser``; measure
     every level."""
     procs: list[subprocess.Popen[bytes]] = []
     store = "postgresql" if database.startswith("postgresql://") else "sqlite"
-    with store_for(database, work) as url:
-        return _measure(parser, store, url, levels, urls, work, args, procs)
+    with ExitStack() as stack:
+        url = stack.enter_context(store_for(database, work))
+        other = stack.enter_context(store_for(database, work)) if args.against else None
+        return _measure(parser, store, (url, other), levels, urls, work, args, procs)
+
+
+def _service(
+    port: int,
+    parser: str,
+    database: str,
+    urls: dict[str, str],
+    work: Path,
+    pythonpath: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """``cms-sync serve`` on ``port``; from another checkout when ``pythonpath`` is set."""
+    env = {
+        **os.environ,
+        "SANITY_PROJECT_ID": "cmsdemo",
+        "SANITY_DATASET": "production",
+        "SANITY_WRITE_TOKEN": TOKEN,
+        "SANITY_API_HOST": urls["sanity"],
+        "FILESTACK_API_KEY": "fs-bench",
+        "FILESTACK_PROCESS_URL": f"{urls['filestack']}/process",
+        "SANITY_WEBHOOK_SECRET": SECRET,
+        "CMS_SYNC_DATABASE": database,
+        "CMS_SYNC_HTTP_PARSER": parser,
+        "CMS_SYNC_LOG_LEVEL": "warning",
+        "CMS_SYNC_LOG_FORMAT": "json",
+    }
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    serve = os.environ.get("BENCH_SERVE_PREFIX", "").split() or [sys.executable]
+    return subprocess.Popen(  # noqa: S603
+        [*serve, "-m", "cms_sync", "serve", "--port", str(port)],
+        env=env,
+        cwd=Path(tempfile.mkdtemp(dir=work)),
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _measure(
     parser: str,
     store: str,
-    database: str,
+    databases: tuple[str, str | None],
     levels: list[int],
     urls: dict[str, str],
     work: Path,
@@ -296,64 +337,50 @@ def _measure(
     procs: list[subprocess.Popen[bytes]],
 ) -> list[Row]:
     try:
-        bare_port, service_port = free_port(), free_port()
+        ports = [free_port() for _ in range(3 if args.against else 2)]
         procs.append(
             subprocess.Popen(  # noqa: S603 - this script
-                [sys.executable, __file__, "--serve-bare", str(bare_port), "--parser", parser]
+                [sys.executable, __file__, "--serve-bare", str(ports[0]), "--parser", parser]
             )
         )
-        run_dir = Path(tempfile.mkdtemp(dir=work))
-        env = {
-            **os.environ,
-            "SANITY_PROJECT_ID": "cmsdemo",
-            "SANITY_DATASET": "production",
-            "SANITY_WRITE_TOKEN": TOKEN,
-            "SANITY_API_HOST": urls["sanity"],
-            "FILESTACK_API_KEY": "fs-bench",
-            "FILESTACK_PROCESS_URL": f"{urls['filestack']}/process",
-            "SANITY_WEBHOOK_SECRET": SECRET,
-            "CMS_SYNC_DATABASE": database,
-            "CMS_SYNC_HTTP_PARSER": parser,
-            "CMS_SYNC_LOG_LEVEL": "warning",
-            "CMS_SYNC_LOG_FORMAT": "json",
-        }
-        serve = os.environ.get("BENCH_SERVE_PREFIX", "").split() or [sys.executable]
-        procs.append(
-            subprocess.Popen(  # noqa: S603
-                [*serve, "-m", "cms_sync", "serve", "--port", str(service_port)],
-                env=env,
-                cwd=run_dir,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_healthy(bare_port, procs[0], "/healthz")
-        wait_healthy(service_port, procs[1], "/readyz")
+        procs.append(_service(ports[1], parser, databases[0], urls, work))
+        if args.against:
+            assert databases[1] is not None
+            procs.append(_service(ports[2], parser, databases[1], urls, work, str(args.against)))
+        wait_healthy(ports[0], procs[0], "/healthz")
+        for port, proc in zip(ports[1:], procs[1:], strict=True):
+            wait_healthy(port, proc, "/readyz")
         doc_ids = [f"product-{n}" for n in range(args.documents // 2)] + [
             f"post-{n}" for n in range(args.documents - args.documents // 2)
         ]
         rows = []
         for seed, level in enumerate(levels):
             requests = deliveries(doc_ids, seed)
-            warm_up = min(1.0, args.seconds)
             slice_seconds = args.seconds / args.slices
-            bare, ours, queries = Result(), Result(), 0
-            # Alternating slices, so that a host that slows down or speeds up during the
-            # level does so for both servers alike. The service is stopped (SIGSTOP) while
-            # the bare endpoint is measured, so that its worker takes nothing then.
+            results = [Result() for _ in ports]
+            queries = 0
+            # Alternating slices (bare, service, the other service, bare, ...), so that a
+            # host that slows down or speeds up during the level does so for each server
+            # alike. Every service but the one measured is stopped (SIGSTOP), so that its
+            # worker takes nothing meanwhile; the bare endpoint idles on its own.
             for n in range(args.slices):
-                procs[1].send_signal(signal.SIGSTOP)
-                try:
-                    if n == 0:
-                        asyncio.run(load(bare_port, requests, level, warm_up))
-                    bare.add(asyncio.run(load(bare_port, requests, level, slice_seconds)))
-                finally:
-                    procs[1].send_signal(signal.SIGCONT)
-                if n == 0:  # the worker gets busy
-                    asyncio.run(load(service_port, requests, level, warm_up))
-                before = fake_calls(urls["sanity"])
-                ours.add(asyncio.run(load(service_port, requests, level, slice_seconds)))
-                queries += fake_calls(urls["sanity"])["query"] - before["query"]
-            rows.append(Row(parser, store, level, ours, bare, queries / ours.seconds))
+                for which, port in enumerate(ports):
+                    stopped = [p for i, p in enumerate(procs[1:], 1) if i != which]
+                    for proc in stopped:
+                        proc.send_signal(signal.SIGSTOP)
+                    try:
+                        if n == 0:  # warm up; a service's worker gets busy
+                            asyncio.run(load(port, requests, level, min(1.0, args.seconds)))
+                        before = fake_calls(urls["sanity"]) if which == 1 else None
+                        results[which].add(asyncio.run(load(port, requests, level, slice_seconds)))
+                        if before is not None:
+                            queries += fake_calls(urls["sanity"])["query"] - before["query"]
+                    finally:
+                        for proc in stopped:
+                            proc.send_signal(signal.SIGCONT)
+            ours = results[1]
+            theirs = results[2] if args.against else None
+            rows.append(Row(parser, store, level, ours, results[0], queries / ours.seconds, theirs))
         return rows
     finally:
         stop(procs)
@@ -385,6 +412,13 @@ def main() -> None:
         default="sqlite",
         help="stores to measure, comma-separated: sqlite, or a postgresql:// server URL "
         "(a fresh database is made on it for the run)",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="also measure the service of another checkout (its source tree: DIR/cms_sync), "
+        "in the same alternating slices, on a database of its own",
     )
     parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
@@ -426,22 +460,32 @@ def main() -> None:
         f"\nsigned deliveries, {args.seconds:g} s per level and server; worker busy, "
         f"Sanity calls taking {args.upstream_latency * 1000:g} ms\n"
     )
+    against = " | against | its ratio | its p99" if args.against else ""
     print(
         "| store | parser | concurrency | this service | bare endpoint | ratio | our p50 "
-        "| our p99 | bare p99 | worker syncs/s |"
+        f"| our p99 | bare p99 | worker syncs/s{against} |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (10 + 3 * bool(args.against)) + "|")
     for row in rows:
-        ours, bare = row.ours, row.bare
+        ours, bare, theirs = row.ours, row.bare, row.theirs
+        other = (
+            f" | {theirs.rate:,.0f} req/s | {theirs.rate / bare.rate:.2f} | "
+            f"{theirs.percentile(99):.1f} ms"
+            if theirs is not None
+            else ""
+        )
         print(
             f"| {row.store} | {row.parser} | {row.level} | {ours.rate:,.0f} req/s | "
             f"{bare.rate:,.0f} req/s | "
             f"{ours.rate / bare.rate:.2f} | {ours.percentile(50):.1f} ms | "
-            f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.syncs:,.0f} |"
+            f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.syncs:,.0f}"
+            f"{other} |"
         )
     statuses = Counter[int]()
     for row in rows:
         statuses.update(row.ours.statuses)
+        if row.theirs is not None:
+            statuses.update(row.theirs.statuses)
     print(f"\nservice answers: {dict(sorted(statuses.items()))}")
 
 
