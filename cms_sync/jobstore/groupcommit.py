@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from cms_sync.errors import StoreUnavailable
-from cms_sync.jobstore.ingest_writer import BUSY_SLACK_MS
+from cms_sync.jobstore.guards import fit_busy_timeout
 
 T = TypeVar("T")
 
@@ -153,19 +153,11 @@ class GroupCommit:
         """One transaction for the batch: every request at once, and only if one of them
         fails, again with a savepoint each, so that it alone fails."""
         # SQLite's lock (another process may hold it): wait no longer than allowed. The
-        # pragma is a statement (a round trip for the GIL), so it is set again only when
-        # the wait it allows is off by more than the slack.
-        # Set, it falls a little short of the deadline (half the slack, or a quarter of a
-        # short wait), so that the next batches, whose deadlines are a few milliseconds
-        # nearer, still find it in range.
-        wanted = max(1, int(_remaining(batch) * 1000))
-        if self._busy_ms is None or not wanted - BUSY_SLACK_MS <= self._busy_ms <= wanted:
-            busy = max(1, wanted - min(BUSY_SLACK_MS // 2, wanted // 4))
-            try:
-                self.conn.execute(f"PRAGMA busy_timeout = {busy}")
-            except sqlite3.Error as exc:
-                return [StoreUnavailable(f"job store: {exc}")] * len(batch)
-            self._busy_ms = busy
+        # pragma is a statement (a round trip for the GIL): set again only when off.
+        try:
+            self._busy_ms = fit_busy_timeout(self.conn, _remaining(batch), self._busy_ms)
+        except sqlite3.Error as exc:
+            return [StoreUnavailable(f"job store: {exc}")] * len(batch)
         outcomes = self._committed(batch, self._together)
         if outcomes is None:
             outcomes = self._committed(batch, self._isolated)

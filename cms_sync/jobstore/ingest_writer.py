@@ -53,14 +53,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from cms_sync.jobstore.guards import file_problem, fit_busy_timeout, lost_message
 from cms_sync.jobstore.writelock import WriteLock, lock_path
 
 _LENGTH = struct.Struct(">I")
 #: The largest frame either side accepts: a batch of deliveries, each of bounded size.
 MAX_FRAME = 64 * 1024 * 1024
-#: How much shorter than the earliest deadline SQLite's busy timeout may be left, rather
-#: than set again (a pragma is a statement): a batch given up that early gets a 503.
-BUSY_SLACK_MS = 250
 
 # -- the SQL of queueing, shared with the store (cms_sync.jobstore.sqlite) -------------
 #: A delivery's key: ``rowcount`` 0 when it was seen before.
@@ -218,32 +216,20 @@ class Writer:
 
     def _check_file(self) -> str | None:
         if self._lost is None:
-            try:
-                stat = os.stat(self._database)
-            except FileNotFoundError:
-                problem: str | None = "the file (or its directory) is gone"
-            except OSError as exc:
-                problem = f"cannot stat it: {exc.strerror}"
-            else:
-                same = (stat.st_dev, stat.st_ino) == self._identity
-                problem = None if same else "another file is at the path now"
+            problem = file_problem(self._database, self._identity)
             if problem is None:
                 return None
-            self._lost = f"job store lost: {self._database}: {problem}; restart to reopen"
+            self._lost = lost_message(self._database, problem)
         return self._lost
 
     def _transaction(self, batch: list[list[Any]], remaining: float) -> list[list[Any]]:
         """The batch in one transaction; only if a request fails, again with a savepoint
         each, so that it alone fails."""
         # SQLite's own lock (another program may hold it): wait no longer than allowed.
-        wanted = max(1, int(remaining * 1000))
-        if self._busy_ms is None or not wanted - BUSY_SLACK_MS <= self._busy_ms <= wanted:
-            busy = max(1, wanted - min(BUSY_SLACK_MS // 2, wanted // 4))
-            try:
-                self._conn.execute(f"PRAGMA busy_timeout = {busy}")
-            except sqlite3.Error as exc:
-                return [_unavailable(exc)] * len(batch)
-            self._busy_ms = busy
+        try:
+            self._busy_ms = fit_busy_timeout(self._conn, remaining, self._busy_ms)
+        except sqlite3.Error as exc:
+            return [_unavailable(exc)] * len(batch)
         outcomes = self._committed(batch, isolated=False)
         if outcomes is None:
             outcomes = self._committed(batch, isolated=True)

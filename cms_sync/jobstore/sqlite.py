@@ -45,6 +45,7 @@ from cms_sync.jobs import (
 )
 from cms_sync.jobstore import ingest_writer
 from cms_sync.jobstore.groupcommit import GroupCommit
+from cms_sync.jobstore.guards import file_problem, lost_message
 from cms_sync.jobstore.ingest_process import IngestProcess
 from cms_sync.jobstore.writelock import WriteLock, lock_path
 from cms_sync.records import (
@@ -472,18 +473,10 @@ class SQLiteJobStore:
     def _check_file(self) -> None:
         """Raise StoreUnavailable once the open file is no longer the one at the path."""
         if self._lost is None:
-            try:
-                stat = os.stat(self._path)
-            except FileNotFoundError:
-                problem: str | None = "the file (or its directory) is gone"
-            except OSError as exc:
-                problem = f"cannot stat it: {exc.strerror}"
-            else:
-                same = (stat.st_dev, stat.st_ino) == self._identity
-                problem = None if same else "another file is at the path now"
+            problem = file_problem(self._path, self._identity)
             if problem is None:
                 return
-            self._lost = f"job store lost: {self._path}: {problem}; restart to reopen"
+            self._lost = lost_message(self._path, problem)
             log.error("job_store_lost", path=str(self._path), problem=problem)
         raise StoreUnavailable(self._lost)
 
