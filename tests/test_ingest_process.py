@@ -5,6 +5,7 @@ up on can acknowledge nothing afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -115,7 +116,8 @@ async def test_a_writer_that_stops_answering_is_given_up_and_its_late_answer_cou
             await ingest.request(accept("k1", "post-1"), time.monotonic() + 0.2)
         assert time.monotonic() - started < 3  # the deadline and the grace
     finally:
-        os.kill(stuck, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # killed and reaped, as it should be
+            os.kill(stuck, signal.SIGCONT)
     # The hung writer was killed before it could write or answer; a new one takes over.
     assert await ingest.request(accept("k2", "post-2"), time.monotonic() + 5) == [
         False,
