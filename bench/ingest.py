@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -252,7 +253,7 @@ def store_for(database: str, work: Path) -> Iterator[str]:
         return
     import psycopg
 
-    name = f"cms_sync_bench_{os.getpid()}_{int(time.time())}"
+    name = f"cms_sync_bench_{os.getpid()}_{uuid.uuid4().hex[:12]}"  # two in one run
     with psycopg.connect(database, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
     try:
