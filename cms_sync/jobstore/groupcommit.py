@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from cms_sync.errors import StoreUnavailable
-from cms_sync.jobstore.guards import fit_busy_timeout
+from cms_sync.jobstore.transactions import fit_busy_timeout, write_batch
 
 T = TypeVar("T")
 
@@ -158,55 +158,15 @@ class GroupCommit:
             self._busy_ms = fit_busy_timeout(self.conn, _remaining(batch), self._busy_ms)
         except sqlite3.Error as exc:
             return [StoreUnavailable(f"job store: {exc}")] * len(batch)
-        outcomes = self._committed(batch, self._together)
-        if outcomes is None:
-            outcomes = self._committed(batch, self._isolated)
-        return outcomes or []
-
-    def _committed(
-        self,
-        batch: list[_Request[Any]],
-        run: Callable[[list[_Request[Any]]], list[Any] | None],
-    ) -> list[Any] | None:
-        """``run`` the batch in a transaction and commit it; None (rolled back) if ``run``
-        gave up. A failure of the transaction itself fails every request."""
-        conn = self.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes = run(batch)
-            if outcomes is None:
-                conn.execute("ROLLBACK")
-                return None
-            conn.execute("COMMIT")
+            written = write_batch(self.conn, batch, lambda r: r.fn(self.conn))
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             return [StoreUnavailable(f"job store: {exc}")] * len(batch)
         self.batches += 1
-        return outcomes
-
-    def _together(self, batch: list[_Request[Any]]) -> list[Any] | None:
-        outcomes: list[Any] = []
-        for r in batch:
-            try:
-                outcomes.append(r.fn(self.conn))
-            except Exception:  # noqa: BLE001 - the isolated run tells who failed
-                return None
-        return outcomes
-
-    def _isolated(self, batch: list[_Request[Any]]) -> list[Any]:
-        conn = self.conn
-        outcomes: list[Any] = []
-        for r in batch:
-            conn.execute("SAVEPOINT request")
-            try:
-                outcomes.append(r.fn(conn))
-            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
-                conn.execute("ROLLBACK TO request")
-                failure = StoreUnavailable(f"job store: {exc}")
-                outcomes.append(failure if isinstance(exc, sqlite3.Error) else exc)
-            conn.execute("RELEASE request")
-        return outcomes
+        return [
+            StoreUnavailable(f"job store: {r}") if isinstance(r, sqlite3.Error) else r
+            for r in written
+        ]
 
 
 def _remaining(batch: list[_Request[Any]]) -> float:

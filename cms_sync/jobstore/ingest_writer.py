@@ -53,7 +53,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from cms_sync.jobstore.guards import file_problem, fit_busy_timeout, lost_message
+from cms_sync.jobstore.transactions import (
+    file_problem,
+    fit_busy_timeout,
+    lost_message,
+    write_batch,
+)
 from cms_sync.jobstore.writelock import WriteLock, lock_path
 
 _LENGTH = struct.Struct(">I")
@@ -230,44 +235,11 @@ class Writer:
             self._busy_ms = fit_busy_timeout(self._conn, remaining, self._busy_ms)
         except sqlite3.Error as exc:
             return [_unavailable(exc)] * len(batch)
-        outcomes = self._committed(batch, isolated=False)
-        if outcomes is None:
-            outcomes = self._committed(batch, isolated=True)
-        return outcomes or []
-
-    def _committed(self, batch: list[list[Any]], *, isolated: bool) -> list[list[Any]] | None:
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes = self._isolated(batch) if isolated else self._together(batch)
-            if outcomes is None:
-                conn.execute("ROLLBACK")
-                return None
-            conn.execute("COMMIT")
+            written = write_batch(self._conn, batch, self._run)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             return [_unavailable(exc)] * len(batch)
-        return outcomes
-
-    def _together(self, batch: list[list[Any]]) -> list[list[Any]] | None:
-        try:
-            return [["ok", self._run(request)] for request in batch]
-        except Exception:  # noqa: BLE001 - the isolated run tells which one failed
-            return None
-
-    def _isolated(self, batch: list[list[Any]]) -> list[list[Any]]:
-        conn = self._conn
-        outcomes: list[list[Any]] = []
-        for request in batch:
-            conn.execute("SAVEPOINT request")
-            try:
-                outcomes.append(["ok", self._run(request)])
-            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
-                conn.execute("ROLLBACK TO request")
-                outcomes.append(_unavailable(exc))
-            conn.execute("RELEASE request")
-        return outcomes
+        return [_unavailable(r) if isinstance(r, Exception) else ["ok", r] for r in written]
 
     def _run(self, request: list[Any]) -> Any:
         kind = request[0]

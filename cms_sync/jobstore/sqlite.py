@@ -45,8 +45,8 @@ from cms_sync.jobs import (
 )
 from cms_sync.jobstore import ingest_writer
 from cms_sync.jobstore.groupcommit import GroupCommit
-from cms_sync.jobstore.guards import file_problem, lost_message
 from cms_sync.jobstore.ingest_process import IngestProcess
+from cms_sync.jobstore.transactions import file_problem, lost_message
 from cms_sync.jobstore.writelock import WriteLock, lock_path
 from cms_sync.records import (
     ANSWERED_LATE,
