@@ -25,7 +25,7 @@ from process import ServeProcess, cms_sync
 
 from cms_sync import signature
 from cms_sync.emulators.filestack import Notifier
-from fakes import FakeContentLake, FakeFilestack
+from fakes import GRANTED_STORES_SQL, FakeContentLake, FakeFilestack
 from scenarios import asset, catalogue, image, slots
 from senders import SECRET, Deliveries, mixed_deliveries
 from servers import serve
@@ -123,7 +123,7 @@ def echo_sender(svc: Service, d: Deliveries, url: Callable[[], str], stop: threa
 def granted_stores(database: Path) -> set[str]:
     """The assets whose store the ledger granted and saw no answer to (a crash's in-flight)."""
     with closing(sqlite3.connect(database)) as conn:
-        rows = conn.execute("SELECT asset_id FROM store_log WHERE error IS NULL").fetchall()
+        rows = conn.execute(GRANTED_STORES_SQL).fetchall()
     return {asset_id for (asset_id,) in rows}
 
 
@@ -155,18 +155,12 @@ def test_two_hundred_deliveries_with_a_kill_9_in_the_middle(service: Service) ->
     assert all(d.post(m) in (200, 202) for m in half)
     assert fs.arrived.wait(30)
     first.kill()  # kill -9 while stores are in flight and jobs are leased
-    # The ledger names every store the dead process was granted; a request it wrote just
-    # before the kill may still be on its way into the fake's server thread, so wait (briefly:
-    # a store granted but never sent never comes) for the fake to have them all.
     granted = granted_stores(svc.cwd / "cms-sync.db")
     granted_urls = {lake.documents[a]["url"] for a in granted}
-    deadline = time.monotonic() + 2
-    while not granted_urls <= set(fs.held) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    in_flight_at_kill = list(fs.held)
+    in_flight_at_kill = fs.held_after_kill(granted_urls)
     fs.gate.set()  # Filestack finishes those stores for a process that is gone
     assert in_flight_at_kill
-    assert set(in_flight_at_kill) <= granted_urls
+    assert in_flight_at_kill <= granted_urls
 
     # Phase 2: restart on the same database; Sanity redelivers what was never acknowledged
     # (the other 40), repeats some that were (20), and new publishes keep coming (80).

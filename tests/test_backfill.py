@@ -30,7 +30,7 @@ from cms_sync.mapping import default_mapping
 from cms_sync.planner import Action, plan_document
 from cms_sync.queries import build_document_query
 from cms_sync.settings import Settings
-from fakes import FakeContentLake, FakeFilestack, load_dataset
+from fakes import GRANTED_STORES_SQL, FakeContentLake, FakeFilestack, load_dataset
 from scenarios import catalogue, converged, slots
 from servers import serve
 from wiring import crash_test_env, make_settings
@@ -224,7 +224,9 @@ def test_killed_half_way_a_rerun_finishes_without_storing_again(tmp_path: Path) 
         finally:
             first.kill()
             first.wait()
-        in_flight = set(fs.held)
+        with closing(sqlite3.connect(database)) as conn:
+            granted = {a for (a,) in conn.execute(GRANTED_STORES_SQL).fetchall()}
+        in_flight = fs.held_after_kill({lake.documents[a]["url"] for a in granted})
         stored_before = len(fs.stores)
         fs.gate.set()
 

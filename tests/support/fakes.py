@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,24 @@ class FakeFilestack(Filestack):
         default_factory=lambda: httpx.MockTransport(placeholder_cdn)
     )
 
+    def held_after_kill(self, granted: set[str], timeout: float = 2.0) -> set[str]:
+        """The sources held at the gate once a killed process's last requests are in.
+
+        ``granted`` are the sources whose store the process's ledger granted. A request it
+        wrote just before the kill may still be on its way into the server's thread, so this
+        waits for each of them to arrive; a store granted but never sent never does, hence
+        the bound. (The fake runs in this process, the sender is dead: there is nothing else
+        to wait on.)
+        """
+        deadline = time.monotonic() + timeout
+        while not granted <= set(self.held) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return set(self.held)
+
+
+#: The job store's query (SQLite and PostgreSQL) for the assets whose store its ledger
+#: granted and saw no answer to: after a kill, the stores that were in flight.
+GRANTED_STORES_SQL = "SELECT asset_id FROM store_log WHERE error IS NULL"
 
 _KEYED = re.compile(r'^(?P<field>[A-Za-z_][A-Za-z0-9_]*)\[_key==(?P<key>"(?:[^"\\]|\\.)*")\]$')
 
