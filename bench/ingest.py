@@ -16,9 +16,11 @@ same signed deliveries to each for ``--seconds`` per level, in ``--slices`` alte
 slices (bare, service, bare, ...: a host whose speed drifts during the level slows both
 alike): the bare endpoint while the service is stopped (SIGSTOP) so that its worker
 takes no CPU; the service with its worker busy syncing what the deliveries queue (300
-documents, each delivery for a random one). It prints one table:
-throughput of each, their ratio, latency percentiles, and the worker's Sanity queries per
-second during the service's run. Every 202 from the service is fsync'd before it is sent.
+documents, each delivery for a random one). It prints one table: throughput of each,
+their ratio, latency percentiles, what the worker got done a second during the service's
+run (files stored, patches committed), and the CPU a request took: the server's processes
+(the service with its ingest writer and worker, or the bare endpoint) and this client.
+Every 202 from the service is fsync'd before it is sent.
 ``--against DIR`` also starts ``cms-sync serve`` from another checkout (``PYTHONPATH=DIR``,
 a ``git worktree`` of an older commit, say) and measures it in the same slices, so that a
 change is seen side by side with what it changed. It is a benchmark, not a test: numbers
@@ -51,6 +53,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec-bench"  # noqa: S105 - the benchmark's own throwaway secret
 TOKEN = "sk-bench"  # noqa: S105 - the write token the Content Lake fake accepts
+FILESTACK_KEY = "fs-bench"  # the API key the Filestack fake accepts
 
 
 # -- helper processes -----------------------------------------------------------------
@@ -71,12 +74,14 @@ def serve_fakes(documents: int, latency: float) -> None:
 
     docs = catalogue(products=documents // 2, posts=documents - documents // 2, shared=20)
     lake = FakeContentLake(documents={d["_id"]: d for d in docs}, token=TOKEN)
-    filestack = FakeFilestack()
+    filestack = FakeFilestack(api_key=FILESTACK_KEY)
     calls = Counter[str]()
 
     def sanity(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/bench/stats":
-            return httpx.Response(200, json=calls)
+        if request.url.path == "/bench/stats":  # what the worker got done: stores that
+            # made a file, and patches the Content Lake committed
+            done = {"stored": len(filestack.stores), "patched": len(lake.commits)}
+            return httpx.Response(200, json={**calls, **done})
         calls["query" if "/data/query/" in request.url.path else "mutate"] += 1
         time.sleep(latency)
         return lake(request)
@@ -174,6 +179,15 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     seconds: float = 0.0
+    #: CPU seconds of the server's processes (the service, its ingest writer) and of this
+    #: client, over the measured slices.
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    def cpu_per_request(self, which: str) -> float:
+        """Microseconds of CPU a request: ``server`` or ``client``."""
+        spent = self.server_cpu if which == "server" else self.client_cpu
+        return spent / max(1, len(self.latencies)) * 1e6
 
     @property
     def rate(self) -> float:
@@ -183,6 +197,8 @@ class Result:
         self.latencies += other.latencies
         self.statuses.update(other.statuses)
         self.seconds += other.seconds
+        self.server_cpu += other.server_cpu
+        self.client_cpu += other.client_cpu
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -209,6 +225,33 @@ async def load(port: int, requests: Iterator[bytes], concurrency: int, seconds: 
     started = time.perf_counter()
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of a process and its children so far: Linux /proc."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited meanwhile
+        total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measured_load(
+    port: int, server: int, requests: Iterator[bytes], concurrency: int, seconds: float
+) -> Result:
+    """:func:`load`, with the CPU the server's process tree and this client spent."""
+    server_before, client_before = tree_cpu(server), time.process_time()
+    result = asyncio.run(load(port, requests, concurrency, seconds))
+    result.server_cpu = tree_cpu(server) - server_before
+    result.client_cpu = time.process_time() - client_before
     return result
 
 
@@ -270,7 +313,9 @@ class Row:
     level: int
     ours: Result
     bare: Result
-    syncs: float  # the worker's Sanity queries per second while ours was measured
+    #: What the worker got done a second while ours was measured: files stored, patches.
+    stored: float
+    patched: float
     theirs: Result | None = None  # the service of --against, when given
 
 
@@ -308,7 +353,7 @@ def _service(
         "SANITY_DATASET": "production",
         "SANITY_WRITE_TOKEN": TOKEN,
         "SANITY_API_HOST": urls["sanity"],
-        "FILESTACK_API_KEY": "fs-bench",
+        "FILESTACK_API_KEY": FILESTACK_KEY,
         "FILESTACK_PROCESS_URL": f"{urls['filestack']}/process",
         "SANITY_WEBHOOK_SECRET": SECRET,
         "CMS_SYNC_DATABASE": database,
@@ -359,7 +404,7 @@ def _measure(
             requests = deliveries(doc_ids, seed)
             slice_seconds = args.seconds / args.slices
             results = [Result() for _ in ports]
-            queries = 0
+            done = Counter[str]()
             # Alternating slices (bare, service, the other service, bare, ...), so that a
             # host that slows down or speeds up during the level does so for each server
             # alike. Every service but the one measured is stopped (SIGSTOP), so that its
@@ -373,15 +418,24 @@ def _measure(
                         if n == 0:  # warm up; a service's worker gets busy
                             asyncio.run(load(port, requests, level, min(1.0, args.seconds)))
                         before = fake_calls(urls["sanity"]) if which == 1 else None
-                        results[which].add(asyncio.run(load(port, requests, level, slice_seconds)))
+                        results[which].add(
+                            measured_load(port, procs[which].pid, requests, level, slice_seconds)
+                        )
                         if before is not None:
-                            queries += fake_calls(urls["sanity"])["query"] - before["query"]
+                            done.update(fake_calls(urls["sanity"]))
+                            done.subtract(before)
                     finally:
                         for proc in stopped:
                             proc.send_signal(signal.SIGCONT)
             ours = results[1]
             theirs = results[2] if args.against else None
-            rows.append(Row(parser, store, level, ours, results[0], queries / ours.seconds, theirs))
+            rows.append(
+                Row(
+                    *(parser, store, level, ours, results[0]),
+                    *(done["stored"] / ours.seconds, done["patched"] / ours.seconds),
+                    theirs,
+                )
+            )
         return rows
     finally:
         stop(procs)
@@ -464,9 +518,10 @@ def main() -> None:
     against = " | against | its ratio | its p99" if args.against else ""
     print(
         "| store | parser | concurrency | this service | bare endpoint | ratio | our p50 "
-        f"| our p99 | bare p99 | worker syncs/s{against} |"
+        f"| our p99 | bare p99 | worker stores/s | patches/s | CPU/req ours | CPU/req bare "
+        f"| client CPU/req{against} |"
     )
-    print("|---" * (10 + 3 * bool(args.against)) + "|")
+    print("|---" * (14 + 3 * bool(args.against)) + "|")
     for row in rows:
         ours, bare, theirs = row.ours, row.bare, row.theirs
         other = (
@@ -479,7 +534,10 @@ def main() -> None:
             f"| {row.store} | {row.parser} | {row.level} | {ours.rate:,.0f} req/s | "
             f"{bare.rate:,.0f} req/s | "
             f"{ours.rate / bare.rate:.2f} | {ours.percentile(50):.1f} ms | "
-            f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.syncs:,.0f}"
+            f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.stored:,.0f} | "
+            f"{row.patched:,.0f} | "
+            f"{ours.cpu_per_request('server'):.0f} µs | {bare.cpu_per_request('server'):.0f} µs | "
+            f"{ours.cpu_per_request('client'):.0f} / {bare.cpu_per_request('client'):.0f} µs"
             f"{other} |"
         )
     statuses = Counter[int]()
