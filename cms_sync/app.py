@@ -11,11 +11,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from cms_sync.backoff import Backoff
 from cms_sync.errors import ConfigError
@@ -68,6 +70,37 @@ def check_settings(settings: Settings, *, verify_signatures: bool) -> None:
         )
 
 
+SANITY_PATH = "/webhooks/sanity"
+
+
+class App(Starlette):
+    """The service's Starlette app, which hands ``POST /webhooks/sanity`` straight to its
+    endpoint, ahead of Starlette's middleware and router (the route is there as well).
+
+    That path takes every delivery, and the stack in front of it (two exception
+    middlewares, each wrapping ``send``, the router trying each route) cost 14 µs of a
+    delivery's 140 µs of CPU, measured side by side over sockets (``bench/README.md``).
+    The endpoint answers a bug with a 500 itself, as Starlette's error middleware would;
+    any other method, and a server mounted under a ``root_path``, go through Starlette.
+    """
+
+    def __init__(self, *, sanity: SanityWebhook, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sanity = sanity
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == SANITY_PATH
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            scope["app"] = self
+            await self._sanity(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -79,7 +112,7 @@ def create_app(
     retry: RetryPolicy | None = None,
     sanity_transport: httpx.AsyncBaseTransport | None = None,
     filestack_transport: httpx.AsyncBaseTransport | None = None,
-) -> Starlette:
+) -> App:
     """Build the service.
 
     Raises:
@@ -153,14 +186,15 @@ def create_app(
                 finally:
                     await worker.stop()
 
+    sanity = SanityWebhook()
     routes = [
-        Route("/webhooks/sanity", SanityWebhook(), methods=["POST"]),
+        Route(SANITY_PATH, sanity, methods=["POST"]),
         Route("/webhooks/filestack", filestack_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = App(routes=routes, lifespan=lifespan, sanity=sanity)
     operator = OperatorOptions.from_settings(settings)
     if operator is not None:  # otherwise /operator is a 404 like any unknown path
         app.router.routes.append(

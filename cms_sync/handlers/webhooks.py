@@ -102,6 +102,14 @@ def _json(content: object) -> bytes:
     return _ENCODER.encode(content).encode("utf-8")
 
 
+_START_500: Message = {
+    "type": "http.response.start",
+    "status": 500,
+    "headers": [(b"content-length", b"21"), (b"content-type", b"text/plain; charset=utf-8")],
+}
+_BODY_500: Message = {"type": "http.response.body", "body": b"Internal Server Error"}
+
+
 class SanityWebhook:
     """The endpoint: an ASGI app that reads the service from the Starlette app's state."""
 
@@ -116,6 +124,12 @@ class SanityWebhook:
         )
         try:
             status, body = await _handle(receive, headers, service, key)
+        except Exception:
+            # A bug: answered as Starlette's error middleware would (nothing is sent
+            # before the answer), and raised on for the server to log.
+            await send(_START_500)
+            await send(_BODY_500)
+            raise
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
         await send(

@@ -216,6 +216,36 @@ def test_store_failure_is_503_so_sanity_retries(tmp_path: Path) -> None:
         client.running.call(store.close)
 
 
+def test_a_bug_behind_the_endpoint_is_a_500_and_other_methods_are_405(tmp_path: Path) -> None:
+    """The endpoint is served ahead of Starlette's stack (``App``); it still answers as
+    Starlette would: a bug is a 500 (and is raised on, for the server to log), another
+    method on its path is Starlette's 405."""
+
+    class BuggyStore(SQLiteJobStore):
+        async def accept(self, *args: Any, **kwargs: Any) -> Accepted:
+            raise KeyError("a bug, not a store failure")
+
+    async def open_buggy() -> SQLiteJobStore:
+        return await BuggyStore.open(tmp_path / "b.db")
+
+    import asyncio
+
+    store = asyncio.run(open_buggy())
+    with (
+        capture_logs() as logs,
+        serve(tmp_path, storage=Storage(store, store.records)) as client,
+    ):
+        response = post(client, {"_id": "post-1"})
+        assert (response.status_code, response.text) == (500, "Internal Server Error")
+        # (the server closes a connection whose request raised, as behind Starlette's stack)
+        assert httpx.get(f"{client.running.url}/webhooks/sanity").status_code == 405
+        again = Client(client.running)
+        assert post(again, {"_id": "post-1"}, key="k2").status_code == 500  # still serving
+        again.http.close()
+        client.running.call(store.close)
+    assert "delivery_queued" not in [entry["event"] for entry in logs]
+
+
 def test_signature_tolerance_is_opt_in(tmp_path: Path) -> None:
     body = b'{"_id":"post-1"}'
     old = signed(body, t=int((NOW - 3600) * 1000))
