@@ -5,9 +5,10 @@
                            [--database sqlite,postgresql://postgres@127.0.0.1:5432/postgres]
                            [--against DIR]
 
-One run starts the Sanity and Filestack fakes (each Sanity call taking
-``--upstream-latency`` seconds, each store six times as long), then, for each HTTP
-parser and store: ``cms-sync serve`` (SQLite in a fresh directory under the current one,
+For each HTTP parser and store, one run starts the Sanity and Filestack fakes (each
+Sanity call taking ``--upstream-latency`` seconds, each store six times as long; a fresh
+pair for each service, so that every worker finds every document still to sync),
+``cms-sync serve`` (SQLite in a fresh directory under the current one,
 so on the real disk; or, for a ``postgresql://`` URL in ``--database``, a fresh database
 on that server, dropped afterwards) and a bare Starlette endpoint under the same uvicorn
 set-up (asyncio loop, same parser) that reads the body and answers 202. The same client
@@ -319,23 +320,43 @@ class Row:
     theirs: Result | None = None  # the service of --against, when given
 
 
+@contextmanager
+def fakes_for(args: argparse.Namespace) -> Iterator[dict[str, str]]:
+    """The Sanity and Filestack fakes in a process of their own, with every document
+    still to sync; their URLs."""
+    fakes = subprocess.Popen(  # noqa: S603 - this script
+        [
+            *(sys.executable, __file__, "--serve-fakes"),
+            *("--documents", str(args.documents)),
+            *("--upstream-latency", str(args.upstream_latency)),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert fakes.stdout is not None
+        yield json.loads(fakes.stdout.readline())
+    finally:
+        stop([fakes])
+
+
 def measure(
-    parser: str,
-    database: str,
-    levels: list[int],
-    urls: dict[str, str],
-    work: Path,
-    args: argparse.Namespace,
+    parser: str, database: str, levels: list[int], work: Path, args: argparse.Namespace
 ) -> list[Row]:
     """Start the service (on ``database``), the bare endpoint and, with ``--against``,
     the other checkout's service (on a database of its own) with ``parser``; measure
-    every level."""
+    every level.
+
+    Each service gets fakes of its own, started afresh for this parser and store: each
+    worker finds every document still to sync (a worker that found them synced, by
+    another service or an earlier parser's run, would only read them).
+    """
     procs: list[subprocess.Popen[bytes]] = []
     store = "postgresql" if database.startswith("postgresql://") else "sqlite"
     with ExitStack() as stack:
         url = stack.enter_context(store_for(database, work))
         other = stack.enter_context(store_for(database, work)) if args.against else None
-        return _measure(parser, store, (url, other), levels, urls, work, args, procs)
+        fakes = [stack.enter_context(fakes_for(args)) for _ in range(2 if args.against else 1)]
+        return _measure(parser, store, (url, other), levels, fakes, work, args, procs)
 
 
 def _service(
@@ -377,7 +398,7 @@ def _measure(
     store: str,
     databases: tuple[str, str | None],
     levels: list[int],
-    urls: dict[str, str],
+    fakes: list[dict[str, str]],
     work: Path,
     args: argparse.Namespace,
     procs: list[subprocess.Popen[bytes]],
@@ -389,10 +410,12 @@ def _measure(
                 [sys.executable, __file__, "--serve-bare", str(ports[0]), "--parser", parser]
             )
         )
-        procs.append(_service(ports[1], parser, databases[0], urls, work))
+        procs.append(_service(ports[1], parser, databases[0], fakes[0], work))
         if args.against:
             assert databases[1] is not None
-            procs.append(_service(ports[2], parser, databases[1], urls, work, str(args.against)))
+            procs.append(
+                _service(ports[2], parser, databases[1], fakes[1], work, str(args.against))
+            )
         wait_healthy(ports[0], procs[0], "/healthz")
         for port, proc in zip(ports[1:], procs[1:], strict=True):
             wait_healthy(port, proc, "/readyz")
@@ -417,12 +440,12 @@ def _measure(
                     try:
                         if n == 0:  # warm up; a service's worker gets busy
                             asyncio.run(load(port, requests, level, min(1.0, args.seconds)))
-                        before = fake_calls(urls["sanity"]) if which == 1 else None
+                        before = fake_calls(fakes[0]["sanity"]) if which == 1 else None
                         results[which].add(
                             measured_load(port, procs[which].pid, requests, level, slice_seconds)
                         )
                         if before is not None:
-                            done.update(fake_calls(urls["sanity"]))
+                            done.update(fake_calls(fakes[0]["sanity"]))
                             done.subtract(before)
                     finally:
                         for proc in stopped:
@@ -487,28 +510,14 @@ def main() -> None:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path.cwd()))
-    fakes: list[subprocess.Popen[bytes]] = []
     try:
-        fakes.append(
-            subprocess.Popen(  # noqa: S603 - this script
-                [
-                    *(sys.executable, __file__, "--serve-fakes"),
-                    *("--documents", str(args.documents)),
-                    *("--upstream-latency", str(args.upstream_latency)),
-                ],
-                stdout=subprocess.PIPE,
-            )
-        )
-        assert fakes[0].stdout is not None
-        urls = json.loads(fakes[0].stdout.readline())
         rows = [
             row
             for database in args.database.split(",")
             for name in args.parser.split(",")
-            for row in measure(name, database, levels, urls, work, args)
+            for row in measure(name, database, levels, work, args)
         ]
     finally:
-        stop(fakes)
         shutil.rmtree(work, ignore_errors=True)
 
     print(
