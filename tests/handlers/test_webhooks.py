@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -200,17 +201,23 @@ def test_oversized_body_is_413(tmp_path: Path) -> None:
         assert sum(client.stats().values()) == 0
 
 
-def test_store_failure_is_503_so_sanity_retries(tmp_path: Path) -> None:
-    class BrokenStore(SQLiteJobStore):
+def store_whose_accept_raises(path: Path, exc: Exception) -> SQLiteJobStore:
+    """A SQLite job store at ``path`` whose ``accept`` raises ``exc``."""
+
+    class Raising(SQLiteJobStore):
         async def accept(self, *args: Any, **kwargs: Any) -> Accepted:
-            raise StoreUnavailable("job store: disk I/O error")
+            raise exc
 
-    async def open_broken() -> SQLiteJobStore:
-        return await BrokenStore.open(tmp_path / "b.db")
+    async def open_it() -> SQLiteJobStore:
+        return await Raising.open(path)
 
-    import asyncio
+    return asyncio.run(open_it())
 
-    store = asyncio.run(open_broken())
+
+def test_store_failure_is_503_so_sanity_retries(tmp_path: Path) -> None:
+    store = store_whose_accept_raises(
+        tmp_path / "b.db", StoreUnavailable("job store: disk I/O error")
+    )
     with serve(tmp_path, storage=Storage(store, store.records)) as client:
         assert post(client, {"_id": "post-1"}).status_code == 503
         client.running.call(store.close)
@@ -220,17 +227,7 @@ def test_a_bug_behind_the_endpoint_is_a_500_and_other_methods_are_405(tmp_path: 
     """The endpoint is served ahead of Starlette's stack (``App``); it still answers as
     Starlette would: a bug is a 500 (and is raised on, for the server to log), another
     method on its path is Starlette's 405."""
-
-    class BuggyStore(SQLiteJobStore):
-        async def accept(self, *args: Any, **kwargs: Any) -> Accepted:
-            raise KeyError("a bug, not a store failure")
-
-    async def open_buggy() -> SQLiteJobStore:
-        return await BuggyStore.open(tmp_path / "b.db")
-
-    import asyncio
-
-    store = asyncio.run(open_buggy())
+    store = store_whose_accept_raises(tmp_path / "b.db", KeyError("a bug, not a store failure"))
     with (
         capture_logs() as logs,
         serve(tmp_path, storage=Storage(store, store.records)) as client,
