@@ -390,6 +390,7 @@ def _service(
         env=env,
         cwd=Path(tempfile.mkdtemp(dir=work)),
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a process group of its own, children included
     )
 
 
@@ -430,13 +431,14 @@ def _measure(
             done = Counter[str]()
             # Alternating slices (bare, service, the other service, bare, ...), so that a
             # host that slows down or speeds up during the level does so for each server
-            # alike. Every service but the one measured is stopped (SIGSTOP), so that its
+            # alike. Every service but the one measured is stopped (SIGSTOP to its process
+            # group: the service, its ingest writer and its worker's process), so that its
             # worker takes nothing meanwhile; the bare endpoint idles on its own.
             for n in range(args.slices):
                 for which, port in enumerate(ports):
                     stopped = [p for i, p in enumerate(procs[1:], 1) if i != which]
                     for proc in stopped:
-                        proc.send_signal(signal.SIGSTOP)
+                        os.killpg(proc.pid, signal.SIGSTOP)
                     try:
                         if n == 0:  # warm up; a service's worker gets busy
                             asyncio.run(load(port, requests, level, min(1.0, args.seconds)))
@@ -449,7 +451,7 @@ def _measure(
                             done.subtract(before)
                     finally:
                         for proc in stopped:
-                            proc.send_signal(signal.SIGCONT)
+                            os.killpg(proc.pid, signal.SIGCONT)
             ours = results[1]
             theirs = results[2] if args.against else None
             rows.append(
