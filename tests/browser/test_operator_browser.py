@@ -93,13 +93,15 @@ def test_log_in_see_a_failure_replay_it_and_see_it_synced(browser: Browser, worl
     shot(page, "login")
     page.fill("#token", "wrong-token-wrong-token-wrong")
     page.click("button[type=submit]")
-    assert "That is not the token" in page.inner_text("main")
+    # the answer is a new page at the same address: wait for its text, not for a URL
+    page.locator("main", has_text="That is not the token").wait_for()
     page.fill("#token", TOKEN)
     page.click("button[type=submit]")
     page.wait_for_url("**/operator/")
     assert page.inner_text(".tile.state-failed .n") == "1"
 
     page.click("nav >> text=Failures")
+    page.wait_for_url("**/operator/failures")
     row = page.locator("tr[data-document='post-1']")
     assert "Invalid URL" in row.inner_text()
 
@@ -205,6 +207,7 @@ def walk_through(
     patched.raise_for_status()
 
     page.click("nav >> text=Failures")
+    page.wait_for_url("**/operator/failures")
     row = page.locator("tr[data-document='post-launch']")
     reload_until(page, lambda: row.count() == 1)
     assert "Invalid URL" in row.inner_text()
@@ -236,15 +239,21 @@ def walk_through(
     assert document["mainImage"]["filestackSourceAsset"] == asset["_id"]
 
     page.click("nav >> text=Failures")
+    # a click waits for the navigation to start, not for the new page: wait for its address
+    page.wait_for_url("**/operator/failures")
     assert "No failed documents." in page.inner_text("main")
 
     # A backfill of every document, queued by the CLI and run by the demo's service.
     swept = cms_sync("backfill", "--all", env=backfill_env, cwd=Path.cwd(), timeout=90)
     assert swept.returncode == 0, swept.stdout + swept.stderr
     page.click("nav >> text=Backfill")
+    page.wait_for_url("**/operator/backfill")
+    # The CLI has swept; the service's worker may still be running the jobs it queued.
     run = page.locator("table.backfills tr[data-run]").first
+    done = f"{len(demo_ids)}/{len(demo_ids)}"
+    reload_until(page, lambda: run.count() == 1 and run.locator("td").nth(2).inner_text() == done)
     cells = run.locator("td").all_inner_texts()
-    assert cells[2] == f"{len(demo_ids)}/{len(demo_ids)}" and cells[4] == "0", cells
+    assert cells[2] == done and cells[4] == "0", cells
     assert cells[8].startswith("swept "), cells
     shot(page, "backfill")
     assert not [e for e in errors if "Content Security Policy" in e or "Refused to" in e], errors
