@@ -21,6 +21,9 @@ documents, each delivery for a random one). It prints one table: throughput of e
 their ratio, latency percentiles, what the worker got done a second during the service's
 run (files stored, patches committed), and the CPU a request took: the server's processes
 (the service with its ingest writer and worker, or the bare endpoint) and this client.
+The last column, the CPU ceiling, is the ratio the service would reach if it and the
+client kept every core of the machine busy at that CPU a request, against the bare
+endpoint's measured rate: the most any shorter round trip could give on this machine.
 Every 202 from the service is fsync'd before it is sent.
 ``--against DIR`` also starts ``cms-sync serve`` from another checkout (``PYTHONPATH=DIR``,
 a ``git worktree`` of an older commit, say) and measures it in the same slices, so that a
@@ -193,6 +196,13 @@ class Result:
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
+
+    def ceiling(self, cores: int) -> float:
+        """Requests a second if the server's processes and this client kept every core
+        busy at the CPU a request they took here: what no shorter round trip can pass
+        (a server that runs elsewhere, PostgreSQL, is not counted)."""
+        per_request = self.server_cpu + self.client_cpu
+        return cores * len(self.latencies) / per_request if per_request else float("inf")
 
     def add(self, other: Result) -> None:
         self.latencies += other.latencies
@@ -530,9 +540,10 @@ def main() -> None:
     print(
         "| store | parser | concurrency | this service | bare endpoint | ratio | our p50 "
         f"| our p99 | bare p99 | worker stores/s | patches/s | CPU/req ours | CPU/req bare "
-        f"| client CPU/req{against} |"
+        f"| client CPU/req | CPU ceiling{against} |"
     )
-    print("|---" * (14 + 3 * bool(args.against)) + "|")
+    print("|---" * (15 + 3 * bool(args.against)) + "|")
+    cores = os.cpu_count() or 1
     for row in rows:
         ours, bare, theirs = row.ours, row.bare, row.theirs
         other = (
@@ -548,8 +559,8 @@ def main() -> None:
             f"{ours.percentile(99):.1f} ms | {bare.percentile(99):.1f} ms | {row.stored:,.0f} | "
             f"{row.patched:,.0f} | "
             f"{ours.cpu_per_request('server'):.0f} µs | {bare.cpu_per_request('server'):.0f} µs | "
-            f"{ours.cpu_per_request('client'):.0f} / {bare.cpu_per_request('client'):.0f} µs"
-            f"{other} |"
+            f"{ours.cpu_per_request('client'):.0f} / {bare.cpu_per_request('client'):.0f} µs | "
+            f"{ours.ceiling(cores) / bare.rate:.2f}{other} |"
         )
     statuses = Counter[int]()
     for row in rows:
