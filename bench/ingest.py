@@ -3,7 +3,7 @@
     python bench/ingest.py [--seconds 5] [--slices 4] [--concurrency 1,16,64]
                            [--parser httptools,h11] [--upstream-latency 0.04] [--documents 300]
                            [--database sqlite,postgresql://postgres@127.0.0.1:5432/postgres]
-                           [--against DIR]
+                           [--against DIR] [--client python|wrk]
 
 For each HTTP parser and store, one run starts the Sanity and Filestack fakes (each
 Sanity call taking ``--upstream-latency`` seconds, each store six times as long; a fresh
@@ -27,7 +27,11 @@ endpoint's measured rate: the most any shorter round trip could give on this mac
 Every 202 from the service is fsync'd before it is sent.
 ``--against DIR`` also starts ``cms-sync serve`` from another checkout (``PYTHONPATH=DIR``,
 a ``git worktree`` of an older commit, say) and measures it in the same slices, so that a
-change is seen side by side with what it changed. It is a benchmark, not a test: numbers
+change is seen side by side with what it changed. ``--client wrk`` sends the same
+deliveries with wrk (C, one thread, ``bench/ingest_wrk.lua``) instead of this script's
+asyncio client: a sender that takes a third less CPU a request from the two cores the
+servers share, and answers each response at once rather than in the bursts of a busy
+Python loop. It is a benchmark, not a test: numbers
 depend on the machine and its load; the ratio is the figure to compare.
 """
 
@@ -181,7 +185,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 @dataclass
 class Result:
     latencies: list[float] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
+    #: Answers by status (``wrk`` tells only "2xx/3xx" from "other").
+    statuses: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     #: CPU seconds of the server's processes (the service, its ingest writer) and of this
     #: client, over the measured slices.
@@ -229,7 +234,7 @@ async def load(port: int, requests: Iterator[bytes], concurrency: int, seconds: 
                 writer.write(request)
                 status = await _read_response(reader)
                 result.latencies.append(time.perf_counter() - started)
-                result.statuses[status] += 1
+                result.statuses[str(status)] += 1
         finally:
             writer.close()
 
@@ -263,6 +268,60 @@ def measured_load(
     result = asyncio.run(load(port, requests, concurrency, seconds))
     result.server_cpu = tree_cpu(server) - server_before
     result.client_cpu = time.process_time() - client_before
+    return result
+
+
+#: wrk's script (``--client wrk``), and the most requests a second it is given for.
+WRK_SCRIPT = Path(__file__).with_name("ingest_wrk.lua")
+WRK_MAX_RATE = 40_000
+
+
+def wrk_batch(requests: Iterator[bytes], seconds: float, work: Path) -> tuple[Path, int]:
+    """The deliveries for one slice of ``wrk`` (``seconds`` rounded to whole seconds, its
+    unit): a file of more than it can send in that time, and the seconds."""
+    whole = max(1, round(seconds))
+    batch = work / "wrk-deliveries.bin"
+    with batch.open("wb") as out:
+        for _ in range(WRK_MAX_RATE * whole + 1000):
+            out.write(next(requests) + b"\0\0\0")
+    return batch, whole
+
+
+def wrk_load(port: int, server: int, batch: Path, concurrency: int, seconds: int) -> Result:
+    """One slice sent by ``wrk`` (one thread, ``concurrency`` connections), each of the
+    deliveries in ``batch`` at most once; with the CPU of the server's process tree and
+    of wrk."""
+    server_before = tree_cpu(server)
+    wrk = subprocess.Popen(  # noqa: S603 - the benchmark's own command line
+        [
+            *("wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(WRK_SCRIPT)),
+            *(f"http://127.0.0.1:{port}/webhooks/sanity", "--", str(batch)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert wrk.stdout is not None
+    output = wrk.stdout.read()
+    _, code, usage = os.wait4(wrk.pid, 0)
+    wrk.returncode = os.waitstatus_to_exitcode(code)
+    result = Result(server_cpu=tree_cpu(server) - server_before)
+    result.client_cpu = usage.ru_utime + usage.ru_stime
+    found: dict[str, int] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["bench", "latency"]:
+            result.latencies += [int(parts[2]) / 1e6] * int(parts[3])
+        elif parts[:1] == ["bench"] and len(parts) == 3:
+            found[parts[1]] = int(parts[2])
+    if wrk.returncode != 0 or "requests" not in found:
+        raise SystemExit(f"wrk failed ({wrk.returncode}):\n{output}")
+    if found["ran_out"]:
+        raise SystemExit("wrk sent every delivery it was given: raise WRK_MAX_RATE")
+    if found["socket_errors"]:
+        raise SystemExit(f"wrk saw {found['socket_errors']} socket errors")
+    result.seconds = found["duration_us"] / 1e6
+    result.statuses["other"] = found["non2xx"]
+    result.statuses["2xx/3xx"] = found["requests"] - found["non2xx"]
     return result
 
 
@@ -452,10 +511,16 @@ def _measure(
                     try:
                         if n == 0:  # warm up; a service's worker gets busy
                             asyncio.run(load(port, requests, level, min(1.0, args.seconds)))
+                        if args.client == "wrk":  # written before the worker is counted
+                            batch, whole = wrk_batch(requests, slice_seconds, work)
                         before = fake_calls(fakes[0]["sanity"]) if which == 1 else None
-                        results[which].add(
-                            measured_load(port, procs[which].pid, requests, level, slice_seconds)
-                        )
+                        if args.client == "wrk":
+                            sent = wrk_load(port, procs[which].pid, batch, level, whole)
+                        else:
+                            sent = measured_load(
+                                port, procs[which].pid, requests, level, slice_seconds
+                            )
+                        results[which].add(sent)
                         if before is not None:
                             done.update(fake_calls(fakes[0]["sanity"]))
                             done.subtract(before)
@@ -510,6 +575,13 @@ def main() -> None:
         help="also measure the service of another checkout (its source tree: DIR/cms_sync), "
         "in the same alternating slices, on a database of its own",
     )
+    parser.add_argument(
+        "--client",
+        choices=["python", "wrk"],
+        default="python",
+        help="what sends the deliveries: this script's asyncio client, or wrk (apt-get "
+        "install wrk; one thread; each slice rounded to whole seconds)",
+    )
     parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -520,6 +592,8 @@ def main() -> None:
         serve_bare(args.serve_bare, args.parser)
         return
 
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("--client wrk: no wrk on PATH (apt-get install wrk)")
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path.cwd()))
     try:
@@ -533,8 +607,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"\nsigned deliveries, {args.seconds:g} s per level and server; worker busy, "
-        f"Sanity calls taking {args.upstream_latency * 1000:g} ms\n"
+        f"\nsigned deliveries sent by {args.client}, {args.seconds:g} s per level and server; "
+        f"worker busy, Sanity calls taking {args.upstream_latency * 1000:g} ms\n"
     )
     against = " | against | its ratio | its p99" if args.against else ""
     print(
@@ -562,7 +636,7 @@ def main() -> None:
             f"{ours.cpu_per_request('client'):.0f} / {bare.cpu_per_request('client'):.0f} µs | "
             f"{ours.ceiling(cores) / bare.rate:.2f}{other} |"
         )
-    statuses = Counter[int]()
+    statuses = Counter[str]()
     for row in rows:
         statuses.update(row.ours.statuses)
         if row.theirs is not None:
