@@ -487,7 +487,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log.info(
                 "open_files_limit", soft=open_files, hard=hard, max_connections=max_connections
             )
-            app = create_app(settings, mapping=mapping, storage=storage, verify_signatures=verify)
+            app = create_app(
+                settings,
+                mapping=mapping,
+                storage=storage,
+                verify_signatures=verify,
+                start_worker=not args.no_worker,
+            )
+            if args.no_worker:
+                log.info(
+                    "worker_not_started",
+                    message="--no-worker: this process acknowledges deliveries; another "
+                    "cms-sync serve on the same database syncs them",
+                )
             config = uvicorn.Config(
                 app,
                 host=args.host or settings.cms_sync_host,
@@ -809,6 +821,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default CMS_SYNC_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CMS_SYNC_PORT, 8080)")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="acknowledge deliveries only; another `cms-sync serve` on the same database "
+        "syncs them (the webhook's loop then does nothing else)",
+    )
     serve.add_argument(
         "--insecure-skip-signature",
         action="store_true",

@@ -44,10 +44,12 @@ class ServeProcess:
         *,
         open_files: int | None = None,
         file_size: int | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         """Start it, with limits as a service manager (or a full disk) would set them.
 
         Args:
+            args: more of ``serve``'s arguments (``--no-worker``).
             open_files: its soft RLIMIT_NOFILE.
             file_size: its RLIMIT_FSIZE: writes past this many bytes of a file fail
                 (EFBIG; Python ignores SIGXFSZ), as on a full disk.
@@ -60,8 +62,8 @@ class ServeProcess:
             if file_size is not None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cms_sync", "serve", "--port", "0"],
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "cms_sync", "serve", "--port", "0", *args],
             env={**env, "CMS_SYNC_LOG_FORMAT": "json"},
             cwd=cwd,
             stdout=subprocess.DEVNULL,
