@@ -141,6 +141,20 @@ def serve_bare(port: int, parser: str) -> None:
 
 
 # -- the client ---------------------------------------------------------------------
+def serve_split(port: int) -> None:
+    """``cms-sync serve --no-worker`` on ``port`` and, once it is ready, a second ``cms-sync
+    serve`` (on a port of its own, sent nothing) on the same database to run the worker:
+    the webhook split from its worker. Both end with this process's SIGTERM."""
+    command = [sys.executable, "-m", "cms_sync", "serve"]
+    front = subprocess.Popen([*command, "--port", str(port), "--no-worker"])  # noqa: S603
+    children = [front]
+    signal.signal(signal.SIGTERM, lambda *_: [c.send_signal(signal.SIGTERM) for c in children])
+    wait_healthy(port, front, "/readyz")  # the schema is made before the second opens it
+    children.append(subprocess.Popen([*command, "--port", "0"]))  # noqa: S603
+    for child in children:
+        child.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -435,8 +449,11 @@ def _service(
     urls: dict[str, str],
     work: Path,
     pythonpath: str | None = None,
+    *,
+    split: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """``cms-sync serve`` on ``port``; from another checkout when ``pythonpath`` is set."""
+    """``cms-sync serve`` on ``port``; from another checkout when ``pythonpath`` is set;
+    with ``split``, :func:`serve_split`'s two processes."""
     env = {
         **os.environ,
         "SANITY_PROJECT_ID": "cmsdemo",
@@ -454,8 +471,11 @@ def _service(
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
     serve = os.environ.get("BENCH_SERVE_PREFIX", "").split() or [sys.executable]
+    command = [*serve, "-m", "cms_sync", "serve", "--port", str(port)]
+    if split:
+        command = [sys.executable, __file__, "--serve-split", str(port)]
     return subprocess.Popen(  # noqa: S603
-        [*serve, "-m", "cms_sync", "serve", "--port", str(port)],
+        command,
         env=env,
         cwd=Path(tempfile.mkdtemp(dir=work)),
         stderr=subprocess.DEVNULL,
@@ -480,7 +500,9 @@ def _measure(
                 [sys.executable, __file__, "--serve-bare", str(ports[0]), "--parser", parser]
             )
         )
-        procs.append(_service(ports[1], parser, databases[0], fakes[0], work))
+        procs.append(
+            _service(ports[1], parser, databases[0], fakes[0], work, split=args.split_worker)
+        )
         if args.against:
             assert databases[1] is not None
             procs.append(
@@ -582,7 +604,14 @@ def main() -> None:
         help="what sends the deliveries: this script's asyncio client, or wrk (apt-get "
         "install wrk; one thread; each slice rounded to whole seconds)",
     )
+    parser.add_argument(
+        "--split-worker",
+        action="store_true",
+        help="measure this service as `serve --no-worker` beside a second `serve` on the same "
+        "database that runs the worker (both processes' CPU counted); --against stays whole",
+    )
     parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-split", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fakes:
@@ -590,6 +619,9 @@ def main() -> None:
         return
     if args.serve_bare is not None:
         serve_bare(args.serve_bare, args.parser)
+        return
+    if args.serve_split is not None:
+        serve_split(args.serve_split)
         return
 
     if args.client == "wrk" and shutil.which("wrk") is None:
