@@ -2,8 +2,8 @@
 ``cms-sync serve`` on the same SQLite database syncs them. Real processes over sockets.
 
 The split keeps the worker's HTTP calls and SQLite hand-offs off the event loop that
-answers Sanity (``bench/README.md``: at 16 senders, 8-9% more deliveries a second and a
-quarter off p99). Where the test waits for the other process it polls with a deadline.
+answers Sanity (``bench/README.md``, ``bench/ingest.py --split-worker``). Where the test
+waits for the other process it polls with a deadline.
 """
 
 from __future__ import annotations
