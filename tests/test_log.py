@@ -49,3 +49,30 @@ def test_stdlib_records_keep_the_stack_too(json_log: io.StringIO) -> None:
         logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
     (event,) = lines(json_log)
     assert "ValueError: the cause" in str(event["exception"])
+
+
+class Writes(io.StringIO):
+    """A stream that keeps each write: what reaches the descriptor in one system call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_line_is_one_write_so_two_processes_lines_never_interleave() -> None:
+    # The service and its worker's process share standard error: a line written in two
+    # pieces (the text, then its newline) let the other process's line in between.
+    stream = Writes()
+    configure_logging(fmt="json", stream=stream)
+    try:
+        structlog.get_logger("t").info("worker_started", pid=1)
+        logging.getLogger("uvicorn.error").info("Started server process")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers = []
+    assert len(stream.writes) == 2
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in stream.writes), stream.writes
