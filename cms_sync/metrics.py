@@ -6,8 +6,9 @@ state and source, the queue's depth and age, assets waiting on an unanswered sto
 read when Prometheus scrapes, so it is right for every replica writing to the same store;
 the rate limiter's waits are read from its own tally at the same time.
 
-``cms-sync serve`` runs the webhook and the worker in one process, so one registry per
-app is the whole story (no multiprocess mode). Each replica is a target of its own: sum
+``cms-sync serve`` runs its worker in a child process that sends every event back to the
+service over a pipe (:mod:`cms_sync.worker_process`), so the service's one registry
+counts them all (no multiprocess mode). Each replica is a target of its own: sum
 the counters across them; the store's gauges are the same on every replica, so take
 ``max``. Every name starts with ``cms_sync_``; no label holds a document id.
 """
@@ -15,7 +16,7 @@ the counters across them; the store's gauges are the same on every replica, so t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,7 +46,7 @@ from cms_sync.events import (
     SyncEnded,
 )
 from cms_sync.jobs import JobSource, JobState, StoreStats
-from cms_sync.ratelimit import RateLimiter
+from cms_sync.ratelimit import Limit, LimitStats
 
 #: The text format every Prometheus version reads (what ``generate_latest`` writes for
 #: names like ours; newer clients label it 1.0.0, which older scrapers do not know).
@@ -116,11 +117,18 @@ class HasStats(Protocol):
     async def stats(self, *, now: float) -> StoreStats: ...
 
 
-class _LimiterWaits(Collector):
-    """The rate limiter's tally, read at scrape time."""
+class LimitTally(Protocol):
+    """A rate limiter's tally: this process's limiter, or the worker process's report."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
-        self._limiter = limiter
+    @property
+    def stats(self) -> Mapping[Limit, LimitStats]: ...
+
+
+class _LimiterWaits(Collector):
+    """The rate limiters' tallies, summed, read at scrape time."""
+
+    def __init__(self, limiters: Sequence[LimitTally]) -> None:
+        self._limiters = limiters
 
     def collect(self) -> Iterable[Metric]:
         waits = CounterMetricFamily(
@@ -133,9 +141,15 @@ class _LimiterWaits(Collector):
             "Seconds spent waiting for rate-limit tokens, by limit.",
             labels=["limit"],
         )
-        for limit, stats in sorted(self._limiter.stats.items()):
-            waits.add_metric([limit.value], stats.waits)
-            waited.add_metric([limit.value], stats.waited)
+        totals: dict[Limit, LimitStats] = {}
+        for limiter in self._limiters:
+            for limit, stats in limiter.stats.items():
+                total = totals.setdefault(limit, LimitStats())
+                total.waits += stats.waits
+                total.waited += stats.waited
+        for limit, total in sorted(totals.items()):
+            waits.add_metric([limit.value], total.waits)
+            waited.add_metric([limit.value], total.waited)
         yield waits
         yield waited
 
@@ -145,7 +159,7 @@ class Metrics:
     several apps in one process do not collide)."""
 
     def __init__(
-        self, limiter: RateLimiter | None = None, *, clock: Callable[[], float] = time.time
+        self, limiter: LimitTally | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
         self.registry = registry = CollectorRegistry()
         self.recent_calls = RecentCalls(clock=clock)
@@ -228,8 +242,14 @@ class Metrics:
         # child directly (``labels()`` is a locked lookup, paid per delivery otherwise).
         self._delivery_counts = {o: self.deliveries.labels(o.value) for o in DeliveryOutcome}
         self._notice_counts = {o: self.notices.labels(o.value) for o in NoticeOutcome}
+        self._limiters: list[LimitTally] = []
+        registry.register(_LimiterWaits(self._limiters))
         if limiter is not None:
-            registry.register(_LimiterWaits(limiter))
+            self.add_limiter(limiter)
+
+    def add_limiter(self, limiter: LimitTally) -> None:
+        """Count another limiter's waits too (the worker's process reports its own)."""
+        self._limiters.append(limiter)
 
     # -- the listener -------------------------------------------------------------------
     def emit(self, event: Event) -> None:

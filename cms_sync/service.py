@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydantic import SecretStr
 
@@ -11,13 +12,26 @@ from cms_sync.events import Events, LogEvents
 from cms_sync.jobs import JobStore
 from cms_sync.mapping import MediaMapping
 from cms_sync.sync import Syncer
-from cms_sync.worker import Worker
+
+
+class WorkerHandle(Protocol):
+    """What the service needs of its worker: a :class:`~cms_sync.worker.Worker` on its
+    own loop, or a :class:`~cms_sync.worker_process.WorkerProcess` beside it."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def wake(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
 class Service:
     store: JobStore
-    worker: Worker
+    worker: WorkerHandle
     mapping: MediaMapping
     #: None only with ``--insecure-skip-signature``.
     webhook_secret: SecretStr | None

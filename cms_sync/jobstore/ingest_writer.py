@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import marshal
 import os
+import pickle
 import signal
 import sqlite3
 import struct
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +142,17 @@ def probe(conn: sqlite3.Connection, now: float, size: int) -> None:
 
 
 # -- frames -----------------------------------------------------------------------------
-def frame(value: Any) -> bytes:
-    data = marshal.dumps(value)
+def frame(value: Any, dumps: Callable[[Any], bytes] = marshal.dumps) -> bytes:
+    data = dumps(value)
     return _LENGTH.pack(len(data)) + data
 
 
 class Frames:
-    """Frames out of a byte stream that arrives in pieces."""
+    """Frames out of a byte stream that arrives in pieces (:mod:`marshal` unless told)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loads: Callable[[bytes], Any] = marshal.loads) -> None:
         self._buffer = b""
+        self._loads = loads
 
     def feed(self, data: bytes) -> list[Any]:
         """The frames ``data`` completes, decoded.
@@ -169,8 +171,8 @@ class Frames:
                 break
             # Only ever from the other end of our own pipe, the same interpreter.
             try:
-                found.append(marshal.loads(self._buffer[_LENGTH.size : end]))  # noqa: S302
-            except (ValueError, EOFError, TypeError) as exc:
+                found.append(self._loads(self._buffer[_LENGTH.size : end]))
+            except (ValueError, EOFError, TypeError, pickle.UnpicklingError) as exc:
                 raise ValueError(f"a frame that is not one value: {exc}") from None
             self._buffer = self._buffer[end:]
         return found
