@@ -172,7 +172,7 @@ async def main() -> None:
             "CMS_SYNC_DATABASE": str(work / "cms-sync.db"),
         }
     )
-    from cms_sync.app import create_app
+    from cms_sync.app import WorkerMode, create_app
     from cms_sync.jobs import Accepted, JobRequest
     from cms_sync.log import configure_logging
     from cms_sync.mapping import default_mapping
@@ -194,7 +194,7 @@ async def main() -> None:
             )
 
         results["bare"] = await best(bare_app())
-        app = create_app(load_settings(), mapping=default_mapping(), start_worker=False)
+        app = create_app(load_settings(), mapping=default_mapping(), worker_mode=WorkerMode.NONE)
         async with app.router.lifespan_context(app):
             store = app.state.service.store
             await store.check_writable(budget=5)  # the ingest writer is started

@@ -1,13 +1,16 @@
 """The webhook service: ``create_app(settings)`` builds the Starlette app.
 
 The lifespan owns every resource: the storage (unless it is handed in, opened in the
-same event loop), the HTTP clients, the Syncer and the worker, which runs in the same
-process and is stopped gracefully on shutdown (uvicorn turns SIGTERM into that shutdown).
+same event loop), the HTTP clients, the Syncer and the worker, stopped gracefully on
+shutdown (uvicorn turns SIGTERM into that shutdown). The worker runs on the app's own
+loop (``WorkerMode.INLINE``, what tests inject transports and a clock into), in a child
+process (``WorkerMode.PROCESS``, what ``cms-sync serve`` runs), or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,12 +34,13 @@ from cms_sync.metrics import Metrics
 from cms_sync.operator import OperatorOptions, operator_app
 from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
-from cms_sync.service import Service
+from cms_sync.service import Service, WorkerHandle
 from cms_sync.serving import AcceptErrorLog
 from cms_sync.settings import JobSettings, Settings
 from cms_sync.storage import Storage, open_storage
 from cms_sync.sync import open_syncer, rate_limiter
 from cms_sync.worker import Worker, WorkerOptions
+from cms_sync.worker_process import START_TIMEOUT, WorkerProcess, WorkerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +72,12 @@ def check_settings(settings: Settings, *, verify_signatures: bool) -> None:
             "SANITY_WEBHOOK_SECRET is required to verify deliveries "
             "(--insecure-skip-signature turns verification off for local experiments only)"
         )
+
+
+class WorkerMode(enum.Enum):
+    INLINE = "inline"  # on the app's event loop, in its process
+    PROCESS = "process"  # in a child process (cms_sync.worker_process)
+    NONE = "none"  # another process on the same database syncs (serve --no-worker)
 
 
 SANITY_PATH = "/webhooks/sanity"
@@ -107,13 +117,16 @@ def create_app(
     mapping: MediaMapping,
     storage: Storage | None = None,
     verify_signatures: bool = True,
-    start_worker: bool = True,
+    worker_mode: WorkerMode = WorkerMode.INLINE,
     clock: Callable[[], float] = time.time,
     retry: RetryPolicy | None = None,
     sanity_transport: httpx.AsyncBaseTransport | None = None,
     filestack_transport: httpx.AsyncBaseTransport | None = None,
 ) -> App:
     """Build the service.
+
+    A worker in a child process builds its clients from ``settings`` alone: the
+    transports, clock and retry policy given here are the inline worker's.
 
     Raises:
         ConfigError: ``SANITY_WEBHOOK_SECRET`` is missing while signatures are verified.
@@ -136,6 +149,15 @@ def create_app(
             job_store = opened.jobs
             limiter = rate_limiter(settings)
             app.state.metrics = meters = Metrics(limiter, clock=clock)
+            child: WorkerProcess | None = None
+            if worker_mode is WorkerMode.PROCESS:
+                # The child logs its own events; the metrics here count them.
+                child = WorkerProcess(
+                    WorkerSpec(settings, mapping, owner=""),
+                    events=meters,
+                    stop_timeout=settings.cms_sync_shutdown_grace + 10,
+                )
+                meters.add_limiter(child)
             events = Fanout([LogEvents(), meters])
             async with open_syncer(
                 settings,
@@ -148,14 +170,20 @@ def create_app(
                 limiter=limiter,
                 events=events,
             ) as syncer:
-                worker = Worker(
-                    job_store,
-                    syncer,
-                    worker_options(settings),
-                    clock=clock,
-                    scrub=Scrubber(settings.secret_values()),
-                    events=events,
-                )
+                worker: WorkerHandle
+                if child is not None:
+                    worker = child
+                else:
+                    worker = inline = Worker(
+                        job_store,
+                        syncer,
+                        worker_options(settings),
+                        clock=clock,
+                        scrub=Scrubber(settings.secret_values()),
+                        events=events,
+                    )
+                    if worker_mode is WorkerMode.INLINE:
+                        job_store.add_waker(inline.wake)  # other replicas' jobs, where told
                 app.state.service = Service(
                     store=job_store,
                     worker=worker,
@@ -165,7 +193,7 @@ def create_app(
                     max_documents=settings.cms_sync_webhook_max_documents,
                     signature_tolerance=settings.cms_sync_webhook_tolerance,
                     clock=clock,
-                    worker_required=start_worker,
+                    worker_required=worker_mode is not WorkerMode.NONE,
                     events=events,
                     filestack_secret=settings.filestack_webhook_secret,
                     filestack_max_age=settings.cms_sync_filestack_webhook_max_age,
@@ -178,9 +206,10 @@ def create_app(
                         message="INSECURE: --insecure-skip-signature is set; anyone who can "
                         "reach this port can queue syncs. Never run this way in production.",
                     )
-                if start_worker:
-                    job_store.add_waker(worker.wake)  # other replicas' jobs, where told
+                if worker_mode is not WorkerMode.NONE:
                     worker.start()
+                if child is not None and not await child.wait_started(START_TIMEOUT):
+                    log.error("worker_process_not_started", waited=START_TIMEOUT)
                 try:
                     yield
                 finally:

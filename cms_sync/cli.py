@@ -24,7 +24,7 @@ import httpx
 import structlog
 
 from cms_sync import __version__, checks, groq, operations, sanity
-from cms_sync.app import check_settings, create_app, worker_options
+from cms_sync.app import WorkerMode, check_settings, create_app, worker_options
 from cms_sync.backfill import Backfill, Progress, Tally, format_progress, scope_for
 from cms_sync.checks import Check
 from cms_sync.dataset import DatasetError, parse_export
@@ -492,9 +492,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 mapping=mapping,
                 storage=storage,
                 verify_signatures=verify,
-                start_worker=not args.no_worker,
+                worker_mode=args.worker_mode,
             )
-            if args.no_worker:
+            if args.worker_mode is WorkerMode.NONE:
                 log.info(
                     "worker_not_started",
                     message="--no-worker: this process acknowledges deliveries; another "
@@ -821,11 +821,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default CMS_SYNC_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CMS_SYNC_PORT, 8080)")
-    serve.add_argument(
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument(
         "--no-worker",
-        action="store_true",
+        action="store_const",
+        dest="worker_mode",
+        const=WorkerMode.NONE,
+        default=WorkerMode.PROCESS,
         help="acknowledge deliveries only; another `cms-sync serve` on the same database "
-        "syncs them (the webhook's loop then does nothing else)",
+        "syncs them",
+    )
+    where.add_argument(
+        "--inline-worker",
+        action="store_const",
+        dest="worker_mode",
+        const=WorkerMode.INLINE,
+        help="run the worker on the webhook's event loop, in one process (by default it "
+        "runs in a child process, so that it never delays an acknowledgement)",
     )
     serve.add_argument(
         "--insecure-skip-signature",

@@ -209,7 +209,12 @@ class Worker:
 
     # -- the loop -----------------------------------------------------------------------
     async def _dispatch(self) -> None:
-        log.info("worker_started", owner=self.owner, concurrency=self._options.concurrency)
+        log.info(
+            "worker_started",
+            owner=self.owner,
+            concurrency=self._options.concurrency,
+            pid=os.getpid(),
+        )
         while not self._stopping:
             self._wake.clear()
             if len(self._tasks) >= self._options.concurrency:

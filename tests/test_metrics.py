@@ -25,7 +25,7 @@ from cms_sync.events import (
 )
 from cms_sync.jobs import Job, JobSource, JobState, StoreStats
 from cms_sync.metrics import Metrics, status_class
-from cms_sync.ratelimit import Limit, RateLimiter
+from cms_sync.ratelimit import Limit, LimitStats, RateLimiter
 from wiring import Sleeps
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -226,6 +226,24 @@ async def test_rate_limiter_waits_are_read_from_the_limiter() -> None:
         == pytest.approx(sum(sleeps.waits))
         == pytest.approx(0.5 + 1.0)
     )
+
+
+async def test_the_worker_processs_reported_waits_add_to_this_processs() -> None:
+    class Reported:  # what WorkerProcess keeps of its child's reports
+        def __init__(self) -> None:
+            self.stats = {
+                Limit.SANITY_MUTATE: LimitStats(waits=3, waited=1.5),
+                Limit.FILESTACK_STORE: LimitStats(waits=1, waited=0.25),
+            }
+
+    limiter = RateLimiter({Limit.SANITY_MUTATE: 2.0})
+    limiter.stats[Limit.SANITY_MUTATE] = LimitStats(waits=2, waited=1.0)
+    metrics = Metrics(limiter)
+    metrics.add_limiter(Reported())
+    samples = parse((await metrics.exposition(Store(None), now=0.0)).decode())
+    assert value(samples, "cms_sync_rate_limit_waits_total", limit="sanity.mutate") == 5
+    assert value(samples, "cms_sync_rate_limit_wait_seconds_total", limit="sanity.mutate") == 2.5
+    assert value(samples, "cms_sync_rate_limit_waits_total", limit="filestack.store") == 1
 
 
 @pytest.mark.parametrize(

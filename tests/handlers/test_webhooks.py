@@ -13,7 +13,7 @@ from starlette.requests import Request
 from structlog.testing import capture_logs
 
 from cms_sync import signature
-from cms_sync.app import create_app
+from cms_sync.app import WorkerMode, create_app
 from cms_sync.errors import ConfigError, StoreUnavailable
 from cms_sync.handlers.webhooks import plain_headers
 from cms_sync.jobs import Accepted, JobState
@@ -69,7 +69,7 @@ def serve(
         mapping=default_mapping(),
         storage=storage,
         verify_signatures=verify,
-        start_worker=False,
+        worker_mode=WorkerMode.NONE,
         clock=lambda: NOW,
     )
     with run_app(app) as running:

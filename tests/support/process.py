@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -70,6 +71,7 @@ class ServeProcess:
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=limit if open_files or file_size else None,
+            start_new_session=True,  # a group of its own: the service and its children
         )
         self.events: list[dict[str, Any]] = []
         self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -112,8 +114,10 @@ class ServeProcess:
                 return event
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
-        os.kill(self.proc.pid, signal.SIGKILL)
+        """SIGKILL to the service and every process it started (its worker's, its ingest
+        writer): no shutdown code runs, as when a container or its machine dies."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
     def terminate(self) -> None:
@@ -132,8 +136,7 @@ class ServeProcess:
         assert said[-1] == "stopped", said[-5:]  # logged after the storage closed
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
+        self.kill()  # whatever of the group is left
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         assert shown_secrets(json.dumps(self.events)) == [], "a secret reached the log"
