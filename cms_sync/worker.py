@@ -134,12 +134,16 @@ class Worker:
         owner: str | None = None,
         scrub: Scrubber | None = None,
         events: Events | None = None,
+        on_waiting: Callable[[], None] | None = None,
     ) -> None:
         """
         Args:
             scrub: the configured secrets, scrubbed from every error before it is stored.
             events: told of each job's end once its outcome is recorded (by default,
                 the log).
+            on_waiting: called each time the dispatcher found nothing to claim and waits
+                with a slot free: only then does a ``wake()`` make a difference (the
+                worker's process tells the service, which wakes it only then).
         """
         self._events = events or LogEvents()
         self._store = store
@@ -154,6 +158,7 @@ class Worker:
         self._dispatcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[SyncReport | None]] = set()
         self._last_prune = 0.0
+        self._on_waiting = on_waiting
         #: Set while nothing is due and nothing runs (tests and health checks wait on it).
         self.idle = asyncio.Event()
 
@@ -230,6 +235,8 @@ class Worker:
                 if not self._tasks:
                     self.idle.set()
                 await self._maybe_prune()
+                if self._on_waiting is not None:
+                    self._on_waiting()
                 await self._sleep(await self._until_next_due())
                 continue
             self.idle.clear()

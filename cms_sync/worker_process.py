@@ -11,16 +11,22 @@ loop, a GIL and, where the machine has one, a core of its own, on the same datab
 The parent sends the child its settings, mapping and lease owner as the first frame on
 the child's standard input (:mod:`pickle`, 4-byte length first; both ends are the same
 interpreter and code, over a pipe nobody else holds), then one byte for each wake-up:
-something was queued, look now (at most one write a turn of the parent's loop). The end
-of its input tells the child to stop: it claims nothing more, gives running jobs the
+something was queued, look now. A wake-up crosses the pipe only when it can matter: the
+child says ``("waiting",)`` each time its worker found nothing to claim and sleeps with
+a slot free, and the parent sends one byte then, for the first delivery after that (or
+at once, if a delivery came while the message was on its way). A busy worker, every slot
+taken, costs the webhook no write at all; a byte a delivery cost both processes a
+cross-core wake-up each (``bench/README.md``). The end of its input tells the child to
+stop: it claims nothing more, gives running jobs the
 grace period, releases the rest and exits 0. The end of input is also what the child
 sees when the parent dies, however it dies, so a child never outlives its service.
 
 The child sends frames back on a pipe of its own (its standard output, which it then
 points at its standard error, so a stray ``print`` cannot garble a frame): ``("started",
-pid)`` once its worker runs, every event the worker, the syncer and the clients emit (the
-parent's metrics count them; the child logs them itself, to the standard error both
-share), and the rate limiter's tally whenever it moved, for ``/metrics``.
+pid)`` once its worker runs, ``("waiting",)`` as above, every event the worker, the
+syncer and the clients emit (the parent's metrics count them; the child logs them
+itself, to the standard error both share), and the rate limiter's tally whenever it
+moved, for ``/metrics``.
 
 The parent restarts a child that exits while the service runs, along a backoff (one
 second, doubling to thirty, reset once a child has run a minute); ``/readyz`` answers
@@ -91,6 +97,31 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class Wakeups:
+    """When a wake-up must cross the pipe to the child: once it waits for work, for the
+    first delivery after that, or at once if one came while it said so."""
+
+    def __init__(self) -> None:
+        self._waiting = False  # the child sleeps with a slot free: a wake-up matters
+        self._missed = False  # a delivery came while it did not: wake it once it does
+
+    def queued(self) -> bool:
+        """A delivery was queued; True: wake the child now."""
+        if self._waiting:
+            self._waiting = False
+            return True
+        self._missed = True
+        return False
+
+    def child_waits(self) -> bool:
+        """The child found nothing to claim and sleeps; True: wake it now."""
+        if self._missed:
+            self._missed = False
+            return True
+        self._waiting = True
+        return False
+
+
 class WorkerProcess:
     """The service's handle on its worker's process: what the webhook, ``/readyz``, the
     operator page and the app's lifespan need of a worker (``wake``, ``running``,
@@ -121,7 +152,7 @@ class WorkerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._started = False
         self._stopping = asyncio.Event()
-        self._wake_scheduled = False
+        self._wakeups = Wakeups()
         self._supervisor: asyncio.Task[None] | None = None
         self._limits: dict[Limit, LimitStats] = {}
         #: The running child's process id and lease owner (None between children).
@@ -148,10 +179,9 @@ class WorkerProcess:
         return self._started and self._proc is not None and self._proc.returncode is None
 
     def wake(self) -> None:
-        """Something was queued: tell the child, once for every turn of this loop."""
-        if not self._wake_scheduled and self.running:
-            self._wake_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_wake)
+        """Something was queued: tell the child, if it waits for work."""
+        if self._wakeups.queued():
+            self._send_wake()
 
     async def stop(self) -> None:
         """End the child's input, wait for its graceful stop, kill it past the timeout."""
@@ -201,6 +231,7 @@ class WorkerProcess:
             stdout=asyncio.subprocess.PIPE,
         )
         self._proc, self.owner, self._started = proc, owner, False
+        self._wakeups = Wakeups()
         assert proc.stdin is not None
         assert proc.stdout is not None
         proc.stdin.write(frame(replace(self._spec, owner=owner), _dumps))
@@ -224,6 +255,9 @@ class WorkerProcess:
                 self._events.emit(event)
             case ("limits", limits):
                 self._limits = limits
+            case ("waiting",):
+                if self._wakeups.child_waits():
+                    self._send_wake()
             case ("started", pid):
                 self._started, self.pid = True, pid
                 log.info("worker_process_started", pid=pid, owner=self.owner)
@@ -232,7 +266,6 @@ class WorkerProcess:
                 raise ValueError(f"an unknown message {message[0]!r}")
 
     def _send_wake(self) -> None:
-        self._wake_scheduled = False
         proc = self._proc
         if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.write(b"w")
@@ -258,13 +291,27 @@ class _Forward:
         self.send(("event", event))
 
 
+class _Waiting:
+    """Tells the parent the worker waits for work, once until the parent's next wake-up."""
+
+    def __init__(self, forward: _Forward) -> None:
+        self._forward = forward
+        self.told = False
+
+    def __call__(self) -> None:
+        if not self.told:
+            self.told = True
+            self._forward.send(("waiting",))
+
+
 class _Input(asyncio.Protocol):
     """The parent's wake-ups, and the end of its input."""
 
-    def __init__(self, wake: Any, ended: asyncio.Event) -> None:
-        self._wake, self._ended = wake, ended
+    def __init__(self, wake: Any, waiting: _Waiting, ended: asyncio.Event) -> None:
+        self._wake, self._waiting, self._ended = wake, waiting, ended
 
     def data_received(self, data: bytes) -> None:
+        self._waiting.told = False
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -305,8 +352,11 @@ async def _child(spec: WorkerSpec, out: int, stdin: int) -> None:
             owner=spec.owner,
             scrub=Scrubber(settings.secret_values()),
             events=events,
+            on_waiting=(waiting := _Waiting(forward)),
         )
-        await loop.connect_read_pipe(lambda: _Input(worker.wake, ended), os.fdopen(stdin, "rb"))
+        await loop.connect_read_pipe(
+            lambda: _Input(worker.wake, waiting, ended), os.fdopen(stdin, "rb")
+        )
         storage.jobs.add_waker(worker.wake)  # other replicas' jobs, where told
         worker.start()
         forward.send(("started", os.getpid()))

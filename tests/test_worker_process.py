@@ -36,19 +36,16 @@ class World:
         self.database = tmp_path / "jobs.db"
         self.documents = [d for d in lake.documents.values() if d["_type"] in ("product", "post")]
         self.env: dict[str, str] = {}
+        self.sender = Deliveries("")  # one key per message, across services
 
-    def runners(self) -> set[str]:
-        """The lease owners that ran a job, from the job history."""
+    def runners(self) -> list[str]:
+        """The lease owner of each job run, from the job history."""
         with sqlite3.connect(self.database) as conn:
-            return {str(w) for (w,) in conn.execute("SELECT worker FROM job_history")}
+            return [str(w) for (w,) in conn.execute("SELECT worker FROM job_history")]
 
     def deliver_all(self, proc: ServeProcess) -> None:
-        sender = Deliveries(proc.url)
-        try:
-            for doc in self.documents:
-                assert sender.post(sender.groq(doc["_id"], doc["_type"])) == 202
-        finally:
-            sender.http.close()
+        for doc in self.documents:
+            assert self.sender.post(self.sender.groq(doc["_id"], doc["_type"]), proc.url) == 202
 
     def synced(self) -> bool:
         return converged(self.lake.documents, [d["_id"] for d in self.documents])
@@ -67,7 +64,10 @@ def world(tmp_path: Path) -> Iterator[World]:
             SANITY_WEBHOOK_SECRET=SECRET,
             CMS_SYNC_DATABASE=str(w.database),
         )
-        yield w
+        try:
+            yield w
+        finally:
+            w.sender.http.close()
 
 
 @contextmanager
@@ -144,6 +144,20 @@ def test_the_worker_runs_in_a_child_process_that_reports_to_the_service(
         said = [e.get("event") for e in proc.events]
         assert said.index("worker_process_stopped") < said.index("stopped")
         assert not alive(child["pid"])
+
+
+def test_an_idle_worker_process_is_woken_by_a_delivery_not_by_its_poll(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        w.env["CMS_SYNC_POLL_INTERVAL"] = "60"  # only a wake-up finds the job in time
+        with service(w) as proc:
+            started(proc)
+            w.deliver_all(proc)
+            wait_for(w.synced, 20)
+            # idle again, and woken again by the next deliveries
+            before = len(w.runners())
+            w.deliver_all(proc)
+            wait_for(lambda: len(w.runners()) > before, 20)
+            proc.terminate()
 
 
 def test_a_worker_process_that_dies_is_replaced_and_readyz_says_so_meanwhile(
