@@ -20,7 +20,7 @@ takes no CPU; the service with its worker busy syncing what the deliveries queue
 documents, each delivery for a random one). It prints one table: throughput of each,
 their ratio, latency percentiles, what the worker got done a second during the service's
 run (files stored, patches committed), and the CPU a request took: the server's processes
-(the service with its ingest writer and worker, or the bare endpoint) and this client.
+(the service with its ingest writer and worker process, or the bare endpoint) and this client.
 The last column, the CPU ceiling, is the ratio the service would reach if it and the
 client kept every core of the machine busy at that CPU a request, against the bare
 endpoint's measured rate: the most any shorter round trip could give on this machine.
