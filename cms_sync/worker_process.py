@@ -210,8 +210,8 @@ class WorkerProcess:
             began = time.monotonic()
             try:
                 code: int | None = await self._run_one()
-            except OSError as exc:  # could not even start it
-                log.error("worker_process_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - it could not start, or a bug here
+                log.error("worker_process_failed", error=repr(exc))
                 code = None
             if self._stopping.is_set():
                 return
@@ -238,16 +238,18 @@ class WorkerProcess:
         if self._stopping.is_set():  # stopped while it was starting
             self._close_input(proc)
         frames = Frames(_loads)
+        heard_out = False
         try:
             while data := await proc.stdout.read(1 << 16):
                 for message in frames.feed(data):
                     self._receive(message)
-        except ValueError as exc:  # not our protocol: it cannot be trusted to run on
-            log.error("worker_process_garbled", error=str(exc))
-            proc.kill()
-        code = await proc.wait()
-        self._started, self.pid = False, None
-        return code
+            heard_out = True
+        finally:
+            # Garbled, a bug here, or cancelled: a child nobody hears must not run on.
+            self._started, self.pid = False, None
+            if not heard_out and proc.returncode is None:
+                proc.kill()
+        return await proc.wait()
 
     def _receive(self, message: tuple[Any, ...]) -> None:
         match message:

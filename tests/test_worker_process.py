@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,14 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from process import ServeProcess
 from service_world import wait_for
 
+from cms_sync.backoff import Backoff
+from cms_sync.jobs import JobRequest, JobSource
+from cms_sync.mapping import default_mapping
+from cms_sync.storage import open_storage
+from cms_sync.worker_process import WorkerProcess, WorkerSpec
 from fakes import FakeContentLake, FakeFilestack
 from scenarios import catalogue, converged
 from senders import SECRET, Deliveries
 from servers import serve
-from wiring import crash_test_env
+from wiring import crash_test_env, make_settings
 
 TOKEN = "sk-test-token"
 
@@ -96,6 +103,12 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its reaper is gone too
         return stat.read().split(") ")[-1][0] != "Z"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -199,3 +212,44 @@ def test_inline_worker_runs_on_the_services_own_loop(tmp_path: Path) -> None:
         wait_for(w.synced, 60)
         proc.terminate()
         assert "worker_process_started" not in [e.get("event") for e in proc.events]
+
+
+class Failing:
+    """A listener with a bug: it raises on the first event the child reports."""
+
+    def __init__(self) -> None:
+        self.heard = 0
+
+    def emit(self, event: object) -> None:
+        self.heard += 1
+        raise RuntimeError("a bug in a listener")
+
+
+@pytest.mark.anyio
+async def test_a_child_the_service_cannot_hear_is_killed_and_replaced(tmp_path: Path) -> None:
+    # Its one job fails fast (nothing listens on Sanity's port) and reports a call.
+    database = tmp_path / "jobs.db"
+    async with open_storage(database) as storage:
+        await storage.jobs.enqueue([JobRequest("post-1", source=JobSource.REPLAY)], now=0)
+    settings = make_settings(
+        cms_sync_database=str(database), sanity_api_host=f"http://127.0.0.1:{closed_port()}"
+    )
+    listener = Failing()
+    child = WorkerProcess(
+        WorkerSpec(settings, default_mapping(), owner=""),
+        events=listener,
+        stop_timeout=10,
+        restarts=Backoff(base=0.05, max_attempts=100, jitter=0),
+    )
+    child.start()
+    try:
+        assert await child.wait_started(30)
+        first = child.pid
+        assert first is not None
+        child.ready.clear()
+        assert await child.wait_started(30)  # another child, after the listener raised
+        assert listener.heard >= 1 and child.pid != first
+        assert not alive(first)  # killed, not left to run with nobody listening
+    finally:
+        await child.stop()
+    assert not child.running
