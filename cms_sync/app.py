@@ -22,7 +22,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from cms_sync.backoff import Backoff
 from cms_sync.errors import ConfigError
 from cms_sync.events import Fanout, LogEvents
 from cms_sync.handlers.filestack import filestack_webhook
@@ -36,29 +35,13 @@ from cms_sync.retry import RetryPolicy
 from cms_sync.scrub import Scrubber
 from cms_sync.service import Service, WorkerHandle
 from cms_sync.serving import AcceptErrorLog
-from cms_sync.settings import JobSettings, Settings
+from cms_sync.settings import Settings
 from cms_sync.storage import Storage, open_storage
 from cms_sync.sync import open_syncer, rate_limiter
-from cms_sync.worker import Worker, WorkerOptions
+from cms_sync.worker import Worker, worker_options
 from cms_sync.worker_process import START_TIMEOUT, WorkerProcess, WorkerSpec
 
 log = structlog.get_logger(__name__)
-
-
-def worker_options(settings: JobSettings) -> WorkerOptions:
-    return WorkerOptions(
-        concurrency=settings.cms_sync_workers,
-        lease=settings.cms_sync_job_lease,
-        poll_interval=settings.cms_sync_poll_interval,
-        shutdown_grace=settings.cms_sync_shutdown_grace,
-        read_retries=settings.cms_sync_read_retries,
-        read_retry_delay=settings.cms_sync_read_retry_delay,
-        schedule=Backoff(
-            base=settings.cms_sync_job_backoff,
-            maximum=settings.cms_sync_job_backoff_max,
-            max_attempts=settings.cms_sync_job_max_attempts,
-        ),
-    )
 
 
 def check_settings(settings: Settings, *, verify_signatures: bool) -> None:

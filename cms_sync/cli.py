@@ -24,7 +24,7 @@ import httpx
 import structlog
 
 from cms_sync import __version__, checks, groq, operations, sanity
-from cms_sync.app import WorkerMode, check_settings, create_app, worker_options
+from cms_sync.app import WorkerMode, check_settings, create_app
 from cms_sync.backfill import Backfill, Progress, Tally, format_progress, scope_for
 from cms_sync.checks import Check
 from cms_sync.dataset import DatasetError, parse_export
@@ -59,7 +59,7 @@ from cms_sync.settings import (
 )
 from cms_sync.storage import Storage, open_storage, shown_database
 from cms_sync.sync import SyncReport, open_syncer, rate_limiter, retry_policy
-from cms_sync.worker import Worker, WorkerOptions
+from cms_sync.worker import Worker, WorkerOptions, worker_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -41,6 +41,7 @@ from cms_sync.errors import (
 from cms_sync.events import Events, JobEnded, LogEvents, Verdict
 from cms_sync.jobs import Job, JobStore
 from cms_sync.scrub import Scrubber
+from cms_sync.settings import JobSettings
 from cms_sync.sync import Syncer, SyncReport
 
 log = structlog.get_logger(__name__)
@@ -121,6 +122,23 @@ class WorkerOptions:
     read_retries: int = 3
     read_retry_delay: float = 2.0
     schedule: Backoff = field(default_factory=Backoff)  # about an hour in 11 attempts
+
+
+def worker_options(settings: JobSettings) -> WorkerOptions:
+    """The worker's options from its settings section."""
+    return WorkerOptions(
+        concurrency=settings.cms_sync_workers,
+        lease=settings.cms_sync_job_lease,
+        poll_interval=settings.cms_sync_poll_interval,
+        shutdown_grace=settings.cms_sync_shutdown_grace,
+        read_retries=settings.cms_sync_read_retries,
+        read_retry_delay=settings.cms_sync_read_retry_delay,
+        schedule=Backoff(
+            base=settings.cms_sync_job_backoff,
+            maximum=settings.cms_sync_job_backoff_max,
+            max_attempts=settings.cms_sync_job_max_attempts,
+        ),
+    )
 
 
 class Worker:

@@ -62,6 +62,9 @@ from cms_sync.mapping import MediaMapping
 from cms_sync.ratelimit import Limit, LimitStats
 from cms_sync.scrub import Scrubber
 from cms_sync.settings import Settings
+from cms_sync.storage import open_storage
+from cms_sync.sync import open_syncer, rate_limiter
+from cms_sync.worker import Worker, worker_options
 
 log = structlog.get_logger(__name__)
 
@@ -325,13 +328,6 @@ class _Input(asyncio.Protocol):
 
 
 async def _child(spec: WorkerSpec, out: int, stdin: int) -> None:
-    # Imported here: the parent imports this module for WorkerProcess, and the app
-    # imports it; the child alone needs the storage and the syncer's clients.
-    from cms_sync.app import worker_options
-    from cms_sync.storage import open_storage
-    from cms_sync.sync import open_syncer, rate_limiter
-    from cms_sync.worker import Worker
-
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(out, "wb"))
     forward = _Forward(transport)

@@ -19,11 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from cms_sync.app import worker_options
 from cms_sync.jobs import JobRequest, JobSource
 from cms_sync.jobstore.sqlite import SQLiteJobStore
 from cms_sync.settings import Settings
-from cms_sync.worker import Worker
+from cms_sync.worker import Worker, worker_options
 from fakes import FakeContentLake, FakeFilestack
 from scenarios import catalogue, converged
 from wiring import Clock, make_settings, store_and_syncer

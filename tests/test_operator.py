@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cms_sync.app import worker_options
 from cms_sync.cli import format_replay_run
 from cms_sync.jobs import Job, JobRequest, JobSource
 from cms_sync.jobstore.sqlite import SQLiteJobStore
@@ -18,7 +17,7 @@ from cms_sync.operations import ReplayNow
 from cms_sync.settings import Settings
 from cms_sync.storage import Storage
 from cms_sync.sync import Syncer
-from cms_sync.worker import Worker
+from cms_sync.worker import Worker, worker_options
 from fakes import FakeContentLake, FakeFilestack
 from wiring import Clock, make_settings, store_and_syncer
 
