@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,14 +42,65 @@ RESTART_SECONDS = 1.0
 Outcome = list[Any]  # ["ok", result] | ["unavailable", why] | ["lost", why]
 
 
+class _Pipes(asyncio.SubprocessProtocol):
+    """The writer's output as it arrives: its first frame, then answers, handed to the
+    :class:`_Writer` in the callback that reads them, not a turn of the loop later."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.frames = Frames()
+        self.first: asyncio.Future[list[Any]] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.writer: _Writer | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if self.writer is not None and self.writer.gone is not None:
+            return  # given up on: nothing it says counts
+        try:
+            found = self.frames.feed(data)
+        except ValueError as exc:  # not our protocol
+            log.error("ingest_writer_garbled", error=str(exc))
+            self._fail("job store: the ingest writer said what it should not")
+            return
+        if self.writer is None:
+            if found and not self.first.done():
+                self.first.set_result(found)
+            return
+        for outcomes in found:
+            self.writer.answer(outcomes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The process exited and its pipes are closed."""
+        if not self.first.done():
+            self.first.set_result([])
+        if self.writer is not None:
+            self.writer.exited()
+        if self._transport is not None:
+            self._transport.close()  # the process is reaped: nothing is left to end
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, why: str) -> None:
+        if self.writer is not None:
+            self.writer.give_up(why)
+        elif not self.first.done():
+            self.first.set_result([["failed", why]])
+
+
 class _Writer:
     """One running writer process and the requests sent to it, oldest first."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, frames: Frames, grace: float) -> None:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        self.proc = proc
-        self._stdin = proc.stdin
+    def __init__(self, transport: asyncio.SubprocessTransport, pipes: _Pipes, grace: float) -> None:
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        self.transport = transport
+        self.pid = transport.get_pid()
+        self._stdin = stdin
+        self._pipes = pipes
         self._waiting: collections.deque[tuple[float, asyncio.Future[Outcome]]] = (
             collections.deque()
         )
@@ -58,7 +110,7 @@ class _Writer:
         self.gone: str | None = None  # why this writer takes nothing more
         self._closing = False
         self._grace = grace
-        self.reader = asyncio.create_task(self._read(frames), name="cms-sync-ingest-answers")
+        pipes.writer = self
 
     def send(self, request: list[Any], deadline: float) -> asyncio.Future[Outcome]:
         loop = asyncio.get_running_loop()
@@ -66,7 +118,7 @@ class _Writer:
         if self.gone is not None or self._closing:
             future.set_result(["unavailable", self.gone or "job store: closed"])
             return future
-        if self._stdin.transport.get_write_buffer_size() > MAX_BACKLOG:
+        if self._stdin.get_write_buffer_size() > MAX_BACKLOG:
             future.set_result(["unavailable", "job store: the ingest writer is falling behind"])
             return future
         self._outbox.append([request[0], deadline, *request[1:]])
@@ -90,10 +142,11 @@ class _Writer:
         self.flush()
         self._stdin.close()
         try:
-            await asyncio.wait_for(self.proc.wait(), timeout=10)
+            await asyncio.wait_for(asyncio.shield(self._pipes.done), timeout=10)
         except TimeoutError:
-            self.proc.kill()
-        await self.reader
+            self.transport.kill()
+            await self._pipes.done
+        self.transport.close()
 
     def give_up(self, why: str) -> None:
         """Fail everything in flight; this writer answers nothing more, and is killed."""
@@ -107,23 +160,17 @@ class _Writer:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self.proc.returncode is None:
-            self.proc.kill()
+        if self.transport.get_returncode() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
 
-    async def _read(self, frames: Frames) -> None:
-        assert self.proc.stdout is not None
-        try:
-            while data := await self.proc.stdout.read(1 << 20):
-                for outcomes in frames.feed(data):
-                    self._answer(outcomes)
-        except ValueError as exc:  # not our protocol
-            log.error("ingest_writer_garbled", error=str(exc))
-        code = await self.proc.wait()
+    def exited(self) -> None:
+        code = self.transport.get_returncode()
         if self._waiting or not (self._closing or self.gone):
             log.error("ingest_writer_exited", code=code, in_flight=len(self._waiting))
         self.give_up(f"job store: the ingest writer exited ({code})")
 
-    def _answer(self, outcomes: list[Outcome]) -> None:
+    def answer(self, outcomes: list[Outcome]) -> None:
         if self.gone is not None:
             return  # given up on: nothing it says acknowledges anything
         for outcome in outcomes:
@@ -213,7 +260,7 @@ class IngestProcess:
     def pid(self) -> int | None:
         """The running writer's process id (tests end it to see what follows)."""
         writer = self._writer
-        return None if writer is None or writer.gone is not None else writer.proc.pid
+        return None if writer is None or writer.gone is not None else writer.pid
 
     async def _start(self, deadline: float) -> _Writer:
         if self._closed:
@@ -231,31 +278,35 @@ class IngestProcess:
 
     async def _spawn(self) -> _Writer:
         device, inode = self._identity
-        proc = await asyncio.create_subprocess_exec(
+        transport, pipes = await asyncio.get_running_loop().subprocess_exec(
+            _Pipes,
             sys.executable,
             "-m",
             "cms_sync.jobstore.ingest_writer",
             str(self._database),
             str(device),
             str(inode),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
         )
-        assert proc.stdout is not None
-        frames = Frames()
-        first: list[Any] = []
-        while not first:
-            data = await proc.stdout.read(1 << 16)
-            if not data:
-                raise StoreUnavailable(
-                    f"job store: the ingest writer exited at start ({await proc.wait()})"
-                )
-            first = frames.feed(data)
+        try:
+            first = await pipes.first
+        except BaseException:
+            transport.kill()
+            raise
         if first != [["ready"]]:
-            proc.kill()
-            await proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                transport.kill()
+            await pipes.done
+            transport.close()
+            if not first:
+                raise StoreUnavailable(
+                    f"job store: the ingest writer exited at start ({transport.get_returncode()})"
+                )
             why = first[0][1] if first[0][0] == "failed" else f"unexpected {first!r}"
             raise StoreUnavailable(f"job store: {why}")
-        log.info("ingest_writer_started", pid=proc.pid)
-        self._writer = _Writer(proc, frames, self._grace)
-        return self._writer
+        writer = _Writer(transport, pipes, self._grace)
+        log.info("ingest_writer_started", pid=writer.pid)
+        self._writer = writer
+        return writer
