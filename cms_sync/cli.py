@@ -837,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="worker_mode",
         const=WorkerMode.INLINE,
         help="run the worker on the webhook's event loop, in one process (by default it "
-        "runs in a child process, so that it never delays an acknowledgement)",
+        "runs in a child process, so that its work does not take turns with the "
+        "acknowledgements on one loop)",
     )
     serve.add_argument(
         "--insecure-skip-signature",
