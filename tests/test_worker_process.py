@@ -122,41 +122,47 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_the_worker_runs_in_a_child_process_that_reports_to_the_service(
     tmp_path: Path,
 ) -> None:
-    with world(tmp_path) as w, service(w) as proc:
-        child = started(proc)
-        assert child["pid"] != proc.proc.pid
-        worker = proc.wait_for(lambda e: e.get("event") == "worker_started", 10)
-        assert worker["pid"] == child["pid"]  # logged by the child, to the shared stderr
-        assert httpx.get(f"{proc.url}/readyz").status_code == 200
+    with world(tmp_path) as w:
+        w.env["CMS_SYNC_FILESTACK_STORE_RATE"] = "20"  # stores close together wait
+        with service(w) as proc:
+            child = started(proc)
+            assert child["pid"] != proc.proc.pid
+            worker = proc.wait_for(lambda e: e.get("event") == "worker_started", 10)
+            assert worker["pid"] == child["pid"]  # logged by the child, to the shared stderr
+            assert httpx.get(f"{proc.url}/readyz").status_code == 200
 
-        w.deliver_all(proc)
-        wait_for(w.synced, 60)
-        wait_for(lambda: len(w.runners()) > 0)
-        # The lease owner names the service's process, the one an operator manages.
-        assert all(f":{proc.proc.pid}:" in runner for runner in w.runners())
+            w.deliver_all(proc)
+            wait_for(w.synced, 60)
+            wait_for(lambda: len(w.runners()) > 0)
+            # The lease owner names the service's process, the one an operator manages.
+            assert all(f":{proc.proc.pid}:" in runner for runner in w.runners())
 
-        # The service counts what the child did: its events come back over the pipe.
-        def counted() -> bool:
+            # The service counts what the child did: its events come back over the pipe,
+            # its rate limiter's waits with them.
+            def counted() -> bool:
+                text = httpx.get(f"{proc.url}/metrics").text
+                return (
+                    metric(text, "cms_sync_assets_stored_total") == len(w.fs.stores)
+                    and metric(text, "cms_sync_job_runs_total", verdict="done", source="webhook")
+                    == len(w.documents)
+                    and metric(text, "cms_sync_rate_limit_waits_total", limit="filestack.store")
+                    >= 1
+                )
+
+            wait_for(counted, 10)
             text = httpx.get(f"{proc.url}/metrics").text
-            return metric(text, "cms_sync_assets_stored_total") == len(w.fs.stores) and (
-                metric(text, "cms_sync_job_runs_total", verdict="done", source="webhook")
-                == len(w.documents)
-            )
+            assert metric(
+                text,
+                "cms_sync_remote_calls_total",
+                remote="filestack",
+                operation="store",
+                outcome="2xx",
+            ) == len(w.fs.stores)
 
-        wait_for(counted, 10)
-        text = httpx.get(f"{proc.url}/metrics").text
-        assert metric(
-            text,
-            "cms_sync_remote_calls_total",
-            remote="filestack",
-            operation="store",
-            outcome="2xx",
-        ) == len(w.fs.stores)
-
-        proc.terminate()  # graceful: the child stops first, then the storage closes
-        said = [e.get("event") for e in proc.events]
-        assert said.index("worker_process_stopped") < said.index("stopped")
-        assert not alive(child["pid"])
+            proc.terminate()  # graceful: the child stops first, then the storage closes
+            said = [e.get("event") for e in proc.events]
+            assert said.index("worker_process_stopped") < said.index("stopped")
+            assert not alive(child["pid"])
 
 
 def test_an_idle_worker_process_is_woken_by_a_delivery_not_by_its_poll(tmp_path: Path) -> None:
